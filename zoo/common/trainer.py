@@ -1,0 +1,388 @@
+"""The one Trainer every formulation trains through (SPEC section 8).
+
+A formulation is an ``nn.Module`` with
+
+- ``loss(batch) -> dict``: key ``"loss"`` is a scalar to minimise, other scalar keys are logged;
+  ``batch`` is the tuple of tensors of one minibatch (e.g. ``(x, y)``), already on the device;
+- ``sample(n, generator=None, **kw) -> Tensor`` in data space;
+- optionally ``nll(batch) -> Tensor[B]`` in nats per example, and ``param_groups(lr)`` giving
+  parameter groups with their own learning rates (e.g. the rho0/rho1 of the mean parameterisation).
+
+The Trainer owns everything else: optimiser, LR schedule, EMA, gradient clipping, device, bf16
+autocast on GPU, seeding, the tqdm bar, ``log.jsonl``, validation, atomic checkpoints and exact
+resume (the data order of epoch e is a permutation drawn from ``seed + e``, so a checkpoint only
+needs the epoch, the batch index inside it and the RNG states). Under ``torchrun`` the same loop
+runs with DistributedDataParallel, each rank taking every world-th example of the permutation.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from zoo import ZooError
+from zoo.common.utils import atomic_write_bytes, resolve_device, rng_state, seed_everything, set_rng_state
+
+CHECKPOINT_FORMAT = "zoo-checkpoint-v1"
+
+
+class NonFiniteLoss(ZooError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(ZooError):
+    """A checkpoint that is missing, truncated, foreign or for another model."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimiser steps in total (None: all epochs)
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"  # adam | adamw | sgd
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | step | cosine
+    step_size: int = 20  # epochs between StepLR decays
+    gamma: float = 0.1
+    warmup_steps: int = 0
+    ema_decay: float = 0.0  # 0 disables the EMA
+    grad_clip: float | None = 1.0  # max global grad norm, None disables
+    device: str = "cpu"
+    amp: bool = True  # bf16 autocast, on CUDA only
+    seed: int = 0
+    log_every: int = 50  # steps between log.jsonl step lines
+    val_every: int = 1  # epochs between validations (0: never)
+    ckpt_every: int = 0  # steps between checkpoints (0: at each epoch end only)
+    progress: bool | None = None  # None: a bar only when stderr is a TTY
+
+
+OPTIMIZERS: dict[str, Callable] = {
+    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay),
+    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay),
+}
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at optimiser step `step` (0-based), with linear warm-up."""
+
+    def constant(step: int) -> float:
+        return 1.0
+
+    def step_lr(step: int) -> float:  # StepLR on epochs: gamma every step_size epochs
+        return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
+
+    def cosine(step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+    schedules = {"constant": constant, "step": step_lr, "cosine": cosine}
+    if cfg.lr_schedule not in schedules:
+        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose from {', '.join(schedules)}")
+    base = schedules[cfg.lr_schedule]
+    if cfg.warmup_steps <= 0:
+        return base
+    return lambda step: base(step) * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach(), 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+
+class _LossModule(nn.Module):
+    """Routes forward() to model.loss() so DistributedDataParallel hooks see the call."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss(batch)
+
+
+class Trainer:
+    """Trains one formulation on in-memory tensors; see the module docstring for the contract."""
+
+    def __init__(self, model: nn.Module, train_data: tuple[torch.Tensor, ...], cfg: TrainConfig,
+                 out_dir: str | Path | None = None, val_data: tuple[torch.Tensor, ...] | None = None,
+                 tag: str = "train", meta: dict[str, Any] | None = None):
+        if not hasattr(model, "loss"):
+            raise TypeError(f"{type(model).__name__} has no loss(batch) method; it cannot be trained")
+        self.cfg, self.tag, self.meta = cfg, tag, dict(meta or {})
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = resolve_device(cfg.device)
+        self.world, self.rank = _init_distributed(self.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        seed_everything(cfg.seed + self.rank)
+        self.model = model.to(self.device)
+        self.train_data = tuple(train_data)
+        self.val_data = tuple(val_data) if val_data is not None else None
+        n = len(self.train_data[0]) // self.world
+        self.steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else model.parameters()
+        if cfg.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.epochs * self.steps_per_epoch))
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.step = 0  # optimiser steps taken
+        self.wrapped = _LossModule(self.model)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(self.wrapped, device_ids=ids)
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------------ paths and logging
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ckpt_path(self) -> Path | None:
+        return self.out_dir / f"{self.tag}.ckpt" if self.out_dir is not None else None
+
+    def _log(self, record: dict[str, Any]) -> None:
+        record = {"run": self.tag, **record}
+        self.history.append(record)
+        if self.out_dir is not None and self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        perm = torch.randperm(len(self.train_data[0]), generator=gen)
+        return perm[self.rank::self.world]
+
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(d[idx].to(self.device, non_blocking=True) for d in self.train_data)
+
+    def _autocast(self):
+        enabled = self.cfg.amp and self.device.type == "cuda"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train until `total_steps`, resuming from `self.step`; returns the log records."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (show and self.is_main),
+                   desc=self.tag, dynamic_ncols=True, leave=False)
+        self.model.train()
+        while self.step < self.total_steps:
+            epoch, start = divmod(self.step, spe)
+            perm = self._permutation(epoch)
+            sums: dict[str, torch.Tensor] = {}
+            count, t0 = 0, time.perf_counter()
+            for b in range(start, spe):
+                if self.step >= self.total_steps:
+                    break
+                out = self._train_step(self._batch(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]))
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    logged = {k: float(v) for k, v in out.items()}
+                    self._log({"kind": "step", "step": self.step, "epoch": epoch,
+                               "lr": self.scheduler.get_last_lr()[0], **logged})
+                    bar.set_postfix(loss=f"{logged['loss']:.4g}")
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.save()
+            seconds = time.perf_counter() - t0
+            self.train_seconds += seconds
+            finished_epoch = self.step % spe == 0
+            record = {"kind": "epoch", "step": self.step, "epoch": epoch, "seconds": seconds,
+                      "complete": finished_epoch,
+                      **{f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}}
+            if finished_epoch and self.val_data is not None and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
+                record.update({f"val_{k}": v for k, v in self.validate().items()})
+            self._log(record)
+            self.save()
+        bar.close()
+        return self.history
+
+    def _train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        with self._autocast():
+            out = self.wrapped(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            where = f" ({self.ckpt_path} keeps the last good state)" if self.ckpt_path and self.ckpt_path.exists() else ""
+            raise NonFiniteLoss(f"loss became {loss.item()} at step {self.step + 1} of {self.tag}{where}; "
+                                f"lower the learning rate or enable grad_clip")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+
+    @torch.no_grad()
+    def validate(self, data: tuple[torch.Tensor, ...] | None = None) -> dict[str, float]:
+        """Mean of every loss key over `data` (default: the validation set), with the EMA weights.
+
+        Uses its own seeded RNG so that validation does not change the training RNG stream.
+        """
+        data = data if data is not None else self.val_data
+        state = rng_state()
+        torch.manual_seed(self.cfg.seed + 7)
+        sums: dict[str, float] = {}
+        n = 0
+        with self.averaged():
+            for i in range(0, len(data[0]), self.cfg.batch_size):
+                batch = tuple(d[i:i + self.cfg.batch_size].to(self.device) for d in data)
+                with self._autocast():
+                    out = self.model.loss(batch)
+                m = len(batch[0])
+                for k, v in out.items():
+                    if torch.is_tensor(v) and v.numel() == 1:
+                        sums[k] = sums.get(k, 0.0) + float(v) * m
+                n += m
+        set_rng_state(state)
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def averaged(self):
+        """Context manager: the model holds the EMA weights inside, its own weights after."""
+        return _SwapWeights(self.model, self.ema.shadow if self.ema is not None else None)
+
+    def averaged_model(self) -> nn.Module:
+        """A copy of the model in eval mode holding the EMA weights (the model itself if no EMA)."""
+        model = copy.deepcopy(self.model)
+        if self.ema is not None:
+            model.load_state_dict(self.ema.shadow)
+        return model.eval()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_class": type(self.model).__name__,
+            "meta": self.meta,
+            "train_config": asdict(self.cfg),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "rng": rng_state(),
+        }
+
+    def save(self, path: str | Path | None = None) -> Path | None:
+        """Write the checkpoint atomically (temp file + rename); only rank 0 writes."""
+        path = Path(path) if path is not None else self.ckpt_path
+        if path is None or not self.is_main:
+            return None
+        state = self.state_dict()
+        atomic_write_bytes(path, lambda f: torch.save(state, f))
+        return path
+
+    def resume(self, path: str | Path | None = None) -> "Trainer":
+        """Restore model, EMA, optimiser, scheduler, step and every RNG state from a checkpoint."""
+        path = Path(path) if path is not None else self.ckpt_path
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt["model_class"] != type(self.model).__name__:
+            raise CheckpointError(f"{path} holds a {ckpt['model_class']}, not a {type(self.model).__name__}")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            if self.ema is not None and ckpt["ema"] is not None:
+                self.ema.load_state_dict(ckpt["ema"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"{path} does not match this model's configuration ({first})") from None
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step = int(ckpt["step"])
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        set_rng_state(ckpt["rng"])
+        return self
+
+
+class _SwapWeights:
+    def __init__(self, model: nn.Module, weights: dict[str, torch.Tensor] | None):
+        self.model, self.weights, self.saved = model, weights, None
+
+    def __enter__(self):
+        self.was_training = self.model.training
+        self.model.eval()
+        if self.weights is not None:
+            self.saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.weights)
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.model.load_state_dict(self.saved)
+        self.model.train(self.was_training)
+        return False
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a zoo checkpoint with ``weights_only=True``; anything else is a one-line CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle with foreign globals, plain garbage ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{path} is not a readable zoo checkpoint (truncated or foreign: {first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a zoo checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    return ckpt
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """(world size, rank); starts the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 1, 0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_world_size(), dist.get_rank()

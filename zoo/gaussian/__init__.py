@@ -1,0 +1,1 @@
+"""Gaussian variance-preserving diffusion (SPEC section 1)."""
