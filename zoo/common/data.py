@@ -8,11 +8,12 @@ its SHA-256 checked, and the images are cached as exact uint8 arrays (``x * 256`
 
 Views of the same images (``load_mnist(..., view=...)``):
 
-- ``grey``     float32 in [-1, 1]           Gaussian and VE diffusion
-- ``unit``     float32 in [0, 1]            VAE, FID
-- ``uint8``    integers 0..255 (as int64)   bits/dim
-- ``binary``   {-1, +1} by threshold 0.5    bit-flip diffusion, binary VAE
-- ``binary-stochastic``  {-1, +1}, pixel = +1 with probability x (seeded)
+- ``grey``     float32 ``2k/255 - 1`` in [-1, 1]   Gaussian and VE diffusion (bin centres of the
+  8-bit discretised decoder, as in Ho et al.)
+- ``unit``     float32 ``k/255`` in [0, 1]          VAE, FID (so ``(grey + 1)/2 == unit`` exactly)
+- ``uint8``    integers k = 0..255 (as int64)      bits/dim
+- ``binary``   {-1, +1}: +1 where unit > 0.5       bit-flip diffusion, binary VAE
+- ``binary-stochastic``  {-1, +1}: +1 with probability unit (seeded coins)
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def to_view(x8: torch.Tensor, view: str, generator: torch.Generator | None = Non
     """Map uint8 images (any shape) to one of the VIEWS (see module docstring)."""
     if view == "uint8":
         return x8.long()
-    unit = x8.float() / 256.0  # the pickle's own values, k/256
+    unit = x8.float() / 255.0
     if view == "unit":
         return unit
     if view == "grey":
