@@ -10,7 +10,7 @@ Views of the same images (``load_mnist(..., view=...)``):
 
 - ``grey``     float32 ``2k/255 - 1`` in [-1, 1]   Gaussian and VE diffusion (bin centres of the
   8-bit discretised decoder, as in Ho et al.)
-- ``unit``     float32 ``k/255`` in [0, 1]          VAE, FID (so ``(grey + 1)/2 == unit`` exactly)
+- ``unit``     float32 ``k/255`` in [0, 1]          VAE, FID (``(grey + 1)/2 == unit`` up to rounding)
 - ``uint8``    integers k = 0..255 (as int64)      bits/dim
 - ``binary``   {-1, +1}: +1 where unit > 0.5       bit-flip diffusion, binary VAE
 - ``binary-stochastic``  {-1, +1}: +1 with probability unit (seeded coins)
