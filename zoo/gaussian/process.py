@@ -46,12 +46,13 @@ class VPProcess:
     @staticmethod
     def gather(arr: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """arr[t - 1] (float64) cast to x's dtype and device, broadcastable against x: (B, 1, ...)."""
-        vals = arr.to(t.device)[t.long() - 1]  # (B,) float64
+        # index_select: plain advanced indexing is orders of magnitude slower on CPU.
+        vals = arr.to(t.device).index_select(0, t.long() - 1)  # (B,) float64
         return append_dims(vals, x.ndim).to(device=x.device, dtype=x.dtype)
 
     def model_t(self, t: torch.Tensor) -> torch.Tensor:
         """The original step of each step `t` of this (possibly respaced) process: (B,) long."""
-        return self.timesteps.to(t.device)[t.long() - 1]
+        return self.timesteps.to(t.device).index_select(0, t.long() - 1)
 
     # ------------------------------------------------------------------ forward process
 

@@ -113,7 +113,7 @@ def ode(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, m
         h = float(sigmas[j - 1] - sigmas[j])
         # Euler step.
         y_next = y + h * d_cur
-        if method == "heun" and j > 1:
+        if method == "heun" and 1 < j < spaced.T:
             # Apply 2nd order correction.
             d_next = denoiser(y_next * float(scales[j - 1]), spaced.model_t(_steps(y, j - 1)))
             y_next = y + h * 0.5 * (d_cur + d_next)
