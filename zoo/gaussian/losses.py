@@ -1,0 +1,49 @@
+"""Training losses of the VP model, one value per example (SPEC section 1; STYLE 4).
+
+Each loss is called as ``loss(process, x0, x_t, t, eps, eps_hat, cfg) -> (B,)`` with the model's
+eps prediction ``eps_hat`` (every parameterisation is converted to it exactly, and the reverse mean
+is ``mu_theta = (x_t - beta_t/sqrt(1 - alpha_bar_t) eps_hat)/sqrt(alpha_t)``, exactly the mean the
+network defines in the mean parameterisation). Time convention: 1-based t (B,) long.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zoo.gaussian.process import VPProcess
+
+MM_TARGETS = ("posterior", "analytic")
+REDUCTIONS = {"sum": lambda e: e.flatten(1).sum(1), "mean": lambda e: e.flatten(1).mean(1)}
+
+
+def simple(process: VPProcess, x0, x_t, t, eps, eps_hat, cfg=None) -> torch.Tensor:
+    """L_simple = |eps - eps_hat|^2 averaged over pixels (Ho et al. eq. 14). (B,)"""
+    return ((eps - eps_hat) ** 2).flatten(1).mean(1)
+
+
+def elbo_eps(process: VPProcess, x0, x_t, t, eps, eps_hat, cfg=None) -> torch.Tensor:
+    """beta_t/(2 alpha_t (1 - alpha_bar_t)) |eps - eps_hat|^2 summed over pixels (Ho et al. eq. 12). (B,)
+
+    The ELBO term L_{t-1} with reverse variance beta_t, up to its constant.
+    """
+    weight = process.betas / (2 * process.alphas * (1 - process.alpha_bars))
+    return process.gather(weight, t, x0).flatten() * ((eps - eps_hat) ** 2).flatten(1).sum(1)
+
+
+def mean_matching(process: VPProcess, x0, x_t, t, eps, eps_hat, cfg) -> torch.Tensor:
+    """|x_{t-1} - mu_theta(x_t, t)|^2/(2 beta_t) (seed 001), reduced by sum or mean over pixels. (B,)
+
+    The target x_{t-1} is a draw from q(x_{t-1} | x_t, x0) (``mm_target = "posterior"``, the
+    write-up's estimator) or its mean mu_tilde (``"analytic"``, lower variance, same gradient in
+    expectation).
+    """
+    mu_tilde, beta_tilde = process.posterior(x0, x_t, t)
+    target = mu_tilde
+    if cfg.mm_target == "posterior":
+        target = mu_tilde + beta_tilde.sqrt() * torch.randn_like(x0)
+    mu_theta = process.mean_from_eps(eps_hat, x_t, t)
+    err = (target - mu_theta) ** 2 / (2 * process.gather(process.betas, t, x0))
+    return REDUCTIONS[cfg.mm_reduction](err)
+
+
+LOSSES = {"simple": simple, "elbo-eps": elbo_eps, "mean-matching": mean_matching}

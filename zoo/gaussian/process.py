@@ -1,0 +1,144 @@
+"""The variance-preserving forward process, its posterior and exact conversions (SPEC section 1).
+
+Time convention: 1-based steps ``t = 1..T`` (``t = T`` is nearly pure noise), given as a long
+tensor ``t`` of shape (B,). Coefficient arrays are float64 and indexed so that
+``alpha_bars[t - 1]`` is ``alpha_bar_t``; ``alpha_bar_0 = 1``. Gathered coefficients are cast to
+the dtype of the tensor they multiply.
+
+Symbols: ``beta_t``, ``alpha_t = 1 - beta_t``, ``alpha_bar_t = prod_{s<=t} alpha_s``,
+``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``, ``v = sqrt(alpha_bar) eps -
+sqrt(1 - alpha_bar) x0``, posterior ``q(x_{t-1} | x_t, x0) = N(mu_tilde, beta_tilde I)``.
+
+A respaced process (``respace``) keeps a subset of the steps and rebuilds its betas from their
+``alpha_bar`` (improved-diffusion's respace.py); ``timesteps`` maps its steps back to the steps of
+the original process, which is what a network trained on the original process is given.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zoo.common.utils import append_dims
+
+PREDICTIONS = ("eps", "x0", "v")
+
+
+class VPProcess:
+    """q(x_t | x0) = N(sqrt(alpha_bar_t) x0, (1 - alpha_bar_t) I) for a given beta schedule."""
+
+    def __init__(self, betas: torch.Tensor, timesteps: torch.Tensor | None = None):
+        betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
+        if len(betas) < 1 or not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError("betas must be a non-empty vector with every entry in (0, 1)")
+        self.T = len(betas)
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alpha_bars = torch.cumprod(self.alphas, dim=0)
+        self.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
+        # beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t; beta_tilde_1 = 0.
+        self.beta_tildes = (1 - self.alpha_bars_prev) / (1 - self.alpha_bars) * betas
+        # Original steps of the process this one was respaced from (identity when not respaced).
+        self.timesteps = (torch.arange(1, self.T + 1) if timesteps is None
+                          else torch.as_tensor(timesteps, dtype=torch.long).clone())
+
+    # ------------------------------------------------------------------ coefficients
+
+    @staticmethod
+    def gather(arr: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """arr[t - 1] (float64) cast to x's dtype and device, broadcastable against x: (B, 1, ...)."""
+        # index_select: plain advanced indexing is orders of magnitude slower on CPU.
+        vals = arr.to(t.device).index_select(0, t.long() - 1)  # (B,) float64
+        return append_dims(vals, x.ndim).to(device=x.device, dtype=x.dtype)
+
+    def model_t(self, t: torch.Tensor) -> torch.Tensor:
+        """The original step of each step `t` of this (possibly respaced) process: (B,) long."""
+        return self.timesteps.to(t.device).index_select(0, t.long() - 1)
+
+    # ------------------------------------------------------------------ forward process
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (SPEC 1, forward)."""
+        a = self.gather(self.alpha_bars.sqrt(), t, x0)
+        b = self.gather((1 - self.alpha_bars).sqrt(), t, x0)
+        return a * x0 + b * eps
+
+    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu_tilde, beta_tilde) of q(x_{t-1} | x_t, x0) (SPEC 1; Ho et al. eq. 7).
+
+        mu_tilde = sqrt(alpha_bar_{t-1}) beta_t/(1 - alpha_bar_t) x0
+                   + sqrt(alpha_t)(1 - alpha_bar_{t-1})/(1 - alpha_bar_t) x_t;
+        beta_tilde has shape (B, 1, ...), broadcastable to x_t.
+        """
+        c0 = self.alpha_bars_prev.sqrt() * self.betas / (1 - self.alpha_bars)
+        c1 = self.alphas.sqrt() * (1 - self.alpha_bars_prev) / (1 - self.alpha_bars)
+        mu = self.gather(c0, t, x_t) * x0 + self.gather(c1, t, x_t) * x_t
+        return mu, self.gather(self.beta_tildes, t, x_t)
+
+    def reverse_variance(self, t: torch.Tensor, x: torch.Tensor, variance: str) -> torch.Tensor:
+        """sigma_t^2 of the reverse step: 'beta' (beta_t) or 'beta_tilde' (beta_tilde_t). (B, 1, ...)"""
+        if variance not in REVERSE_VARIANCES:
+            raise ValueError(f"unknown reverse variance {variance!r}; choose from {', '.join(REVERSE_VARIANCES)}")
+        return self.gather(getattr(self, REVERSE_VARIANCES[variance]), t, x)
+
+    # ------------------------------------------------------------------ parameterisations
+
+    def convert(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, src: str, dst: str) -> torch.Tensor:
+        """Exact conversion of a prediction between 'eps', 'x0' and 'v' given x_t (SPEC 1)."""
+        for name in (src, dst):
+            if name not in PREDICTIONS:
+                raise ValueError(f"unknown prediction {name!r}; choose from {', '.join(PREDICTIONS)}")
+        if src == dst:
+            return out
+        a = self.gather(self.alpha_bars.sqrt(), t, x_t)
+        b = self.gather((1 - self.alpha_bars).sqrt(), t, x_t)
+        x0, eps = _TO_X0_EPS[src](out, x_t, a, b)
+        return _FROM_X0_EPS[dst](x0, eps, a, b)
+
+    def mean_from_eps(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """mu = (x_t - beta_t/sqrt(1 - alpha_bar_t) eps)/sqrt(alpha_t): the posterior mean in noise form."""
+        k = self.gather(self.betas / (1 - self.alpha_bars).sqrt(), t, x_t)
+        return (x_t - k * eps) / self.gather(self.alphas.sqrt(), t, x_t)
+
+    def eps_from_mean(self, mu: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps = (x_t - sqrt(alpha_t) mu) sqrt(1 - alpha_bar_t)/beta_t, the exact inverse of mean_from_eps."""
+        k = self.gather((1 - self.alpha_bars).sqrt() / self.betas, t, x_t)
+        return (x_t - self.gather(self.alphas.sqrt(), t, x_t) * mu) * k
+
+    # ------------------------------------------------------------------ respacing
+
+    def respace(self, timesteps) -> "VPProcess":
+        """The process on the increasing subset `timesteps` (1-based) of this one's steps.
+
+        Betas are rebuilt so that the new alpha_bar equals the old one on the kept steps:
+        beta'_i = 1 - alpha_bar_{tau_i}/alpha_bar_{tau_{i-1}} (improved-diffusion respace.py).
+        """
+        tau = torch.as_tensor(timesteps, dtype=torch.long).flatten()
+        if len(tau) < 1 or bool((tau[1:] <= tau[:-1]).any()) or int(tau[0]) < 1 or int(tau[-1]) > self.T:
+            raise ValueError(f"timesteps must be strictly increasing within 1..{self.T}")
+        ab = self.alpha_bars[tau - 1]
+        ab_prev = torch.cat([torch.ones(1, dtype=torch.float64), ab[:-1]])
+        return VPProcess(1 - ab / ab_prev, timesteps=self.timesteps[tau - 1])
+
+
+def strided_timesteps(T: int, steps: int) -> torch.Tensor:
+    """`steps` evenly spaced 1-based steps from 1 to T inclusive (all of them when steps == T)."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in 1..{T}, got {steps}")
+    if steps == 1:
+        return torch.tensor([T])
+    return torch.round(torch.linspace(1, T, steps, dtype=torch.float64)).long()
+
+
+REVERSE_VARIANCES = {"beta": "betas", "beta_tilde": "beta_tildes"}
+
+# Exact inverse pairs through (x0, eps); a = sqrt(alpha_bar_t), b = sqrt(1 - alpha_bar_t), a^2 + b^2 = 1.
+_TO_X0_EPS = {
+    "eps": lambda eps, x_t, a, b: ((x_t - b * eps) / a, eps),
+    "x0": lambda x0, x_t, a, b: (x0, (x_t - a * x0) / b),
+    "v": lambda v, x_t, a, b: (a * x_t - b * v, b * x_t + a * v),
+}
+_FROM_X0_EPS = {
+    "eps": lambda x0, eps, a, b: eps,
+    "x0": lambda x0, eps, a, b: x0,
+    "v": lambda x0, eps, a, b: a * eps - b * x0,
+}
