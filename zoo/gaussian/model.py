@@ -38,6 +38,7 @@ class Config:
     channels: tuple[int, ...] = (32, 64, 128)  # unet / scorenet widths
     hidden: int = 128  # mlp width
     layers: int = 3  # mlp hidden layers
+    mlp_time: str = "embed"  # mlp time input: embed (sinusoidal) | concat (t/T appended, seed 002)
     schedule: str = "linear"  # linear | quadratic | sigmoid | cosine
     T: int = 1000
     beta_1: float = 1e-4
@@ -95,7 +96,7 @@ class GaussianDiffusion(nn.Module):
         self.discrete = DATASETS[cfg.data][1] == "grey"  # 8-bit data: discretised decoder, clamped samples
         kw = {"num_classes": cfg.num_classes}
         if cfg.arch == "mlp":
-            kw.update(dim=self.shape[0], hidden=cfg.hidden, layers=cfg.layers, time="embed")
+            kw.update(dim=self.shape[0], hidden=cfg.hidden, layers=cfg.layers, time=cfg.mlp_time)
         else:
             kw["channels"] = cfg.channels
         self.net = build_net(cfg.arch, **kw)
