@@ -112,7 +112,8 @@ def test_counting_denoiser_and_callback(process):
         counting, seen = samplers.CountingDenoiser(exact_eps(process, M)), []
         out = run(counting, seen.append)
         assert counting.nfe == expected[name], name
-        assert seen[0]["t"] == 1000 and seen[-1]["t"] == 1 and torch.equal(seen[-1]["x"], out)
+        assert seen[0]["t"] == (1000 if name == "ddpm" else 961) and seen[-1]["t"] == 1  # stride 40
+        assert torch.equal(seen[-1]["x"], out)
         assert all(set(info) >= {"t", "x", "x0_hat"} for info in seen)
     with pytest.raises(ValueError, match="choose from euler, heun"):
         samplers.ode(exact_eps(process, M), process, x_T, 10, method="rk4")
