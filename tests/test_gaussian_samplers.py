@@ -9,7 +9,7 @@ import torch
 
 from zoo.gaussian import samplers
 from zoo.gaussian.model import guided
-from zoo.gaussian.process import VPProcess
+from zoo.gaussian.process import VPProcess, strided_timesteps
 from zoo.gaussian.schedules import make_betas
 
 f64 = torch.float64
@@ -171,3 +171,13 @@ def test_ddim_50_steps_mean_and_first_order_std(process):
         bias[steps] = limit - (out[1] - out[0]).item()
     assert 0 < bias[50] < 0.06 * S
     assert 1.8 < bias[50] / bias[100] < 2.2 and 1.8 < bias[100] / bias[200] < 2.2, bias
+
+
+def test_ddim_eta1_is_ddpm_on_the_respaced_process(process):
+    """Respacing rebuilds betas from alpha_bar, so DDPM (beta_tilde) runs unchanged on 50 strided steps."""
+    den = exact_eps(process, M)
+    x_T = torch.randn(100, 2, dtype=f64)
+    spaced = process.respace(strided_timesteps(process.T, 50))
+    a = samplers.ddim(den, process, x_T, 50, eta=1.0, generator=torch.Generator().manual_seed(2))
+    b = samplers.ddpm(den, spaced, x_T, variance="beta_tilde", generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

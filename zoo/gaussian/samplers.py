@@ -97,9 +97,12 @@ def ode(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, m
 
     With y = x/sqrt(alpha_bar) and sigma = sqrt((1 - alpha_bar)/alpha_bar) the ODE is
     dy/dsigma = eps(x, t). The grid is `steps` strided integer steps t_S > ... > t_1 then sigma = 0
-    (x0), so the denoiser is only evaluated at integer steps. Heun (Karras et al. 2022, Alg. 1)
-    corrects every step except the last one to sigma = 0, which is an Euler step; Euler on this
-    grid is exactly DDIM with eta = 0. NFE: `steps` for Euler, 2 steps - 1 for Heun.
+    (x0), so the denoiser is only evaluated at integer steps. Euler on this grid is exactly DDIM
+    with eta = 0. Heun (Karras et al. 2022, Alg. 1) corrects every step but two Euler steps: the
+    last, to sigma = 0 where eps is undefined, and the first, from sigma_T, where the flow is linear
+    in sigma up to O(s^2/sigma_T^2) (s the data scale) while a trapezoid across a huge sigma ratio
+    is not (cosine schedule: sigma_T ~ 2e3 for T = 100); one Euler step keeps the global error
+    second order. NFE: `steps` for Euler, 2 steps - 2 for Heun (steps >= 2).
     """
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose from {', '.join(ODE_METHODS)}")
