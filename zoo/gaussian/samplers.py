@@ -38,7 +38,9 @@ def _steps(x: torch.Tensor, t: int) -> torch.Tensor:
 
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    """Standard normal noise like x, drawn on the generator's device (a CPU generator works for CUDA x)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
 def ddpm(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, variance: str = "beta_tilde",
