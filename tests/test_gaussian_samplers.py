@@ -9,7 +9,7 @@ import torch
 
 from zoo.gaussian import samplers
 from zoo.gaussian.model import guided
-from zoo.gaussian.process import VPProcess
+from zoo.gaussian.process import VPProcess, strided_timesteps
 from zoo.gaussian.schedules import make_betas
 
 f64 = torch.float64
@@ -112,7 +112,8 @@ def test_counting_denoiser_and_callback(process):
         counting, seen = samplers.CountingDenoiser(exact_eps(process, M)), []
         out = run(counting, seen.append)
         assert counting.nfe == expected[name], name
-        assert seen[0]["t"] == 1000 and seen[-1]["t"] == 1 and torch.equal(seen[-1]["x"], out)
+        assert seen[0]["t"] == (1000 if name == "ddpm" else 961) and seen[-1]["t"] == 1  # stride 40
+        assert torch.equal(seen[-1]["x"], out)
         assert all(set(info) >= {"t", "x", "x0_hat"} for info in seen)
     with pytest.raises(ValueError, match="choose from euler, heun"):
         samplers.ode(exact_eps(process, M), process, x_T, 10, method="rk4")
@@ -170,3 +171,13 @@ def test_ddim_50_steps_mean_and_first_order_std(process):
         bias[steps] = limit - (out[1] - out[0]).item()
     assert 0 < bias[50] < 0.06 * S
     assert 1.8 < bias[50] / bias[100] < 2.2 and 1.8 < bias[100] / bias[200] < 2.2, bias
+
+
+def test_ddim_eta1_is_ddpm_on_the_respaced_process(process):
+    """Respacing rebuilds betas from alpha_bar, so DDPM (beta_tilde) runs unchanged on 50 strided steps."""
+    den = exact_eps(process, M)
+    x_T = torch.randn(100, 2, dtype=f64)
+    spaced = process.respace(strided_timesteps(process.T, 50))
+    a = samplers.ddim(den, process, x_T, 50, eta=1.0, generator=torch.Generator().manual_seed(2))
+    b = samplers.ddpm(den, spaced, x_T, variance="beta_tilde", generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

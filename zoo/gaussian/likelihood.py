@@ -89,7 +89,8 @@ def elbo_terms(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pro
         steps = torch.arange(start, min(start + per_call, T + 1), device=x0.device)  # (k,)
         t = steps.repeat_interleave(B)  # (k B,)
         x0_k = x0.repeat(len(steps), *([1] * (x0.ndim - 1)))  # (k B, ...)
-        eps = torch.randn(x0_k.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        noise_device = generator.device if generator is not None else x0.device
+        eps = torch.randn(x0_k.shape, generator=generator, dtype=x0.dtype, device=noise_device).to(x0.device)
         x_t = process.q_sample(x0_k, t, eps)
         mu_theta = process.mean_from_eps(eps_fn(x_t, t), x_t, t).double()
         terms[:, start - 1:start - 1 + len(steps)] = _step_terms(

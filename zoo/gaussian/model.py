@@ -58,6 +58,7 @@ class Config:
     method: str = "heun"  # ode method
     w: float = 1.0  # guidance weight (conditional models)
     nll_variance: str = "beta"  # reverse variance of the ELBO
+    clip_x0: bool = True  # sampling 8-bit data: clamp x0_hat to [-1, 1] and re-derive eps
 
 
 _CHOICES = {"arch": ARCHS, "schedule": tuple(SCHEDULES), "param": PARAMS, "loss": tuple(L.LOSSES),
@@ -121,19 +122,23 @@ class GaussianDiffusion(nn.Module):
         out = self.net(x_t, t.float() / self.cfg.T, y)
         return self._to_eps(out, x_t, t)
 
-    def denoiser(self, labels: torch.Tensor | None = None, w: float = 1.0):
+    def denoiser(self, labels: torch.Tensor | None = None, w: float = 1.0, clip: bool = False):
         """An eps-denoiser for the samplers: unconditional, or classifier-free guided towards `labels`.
 
         eps_guided = (1 - w) eps(x, null) + w eps(x, y) (SPEC 1): w = 0 unconditional, w = 1
         conditional, w > 1 amplified. Both evaluations go through the network as one batch.
+        `clip` clamps the implied x0_hat to [-1, 1] and returns the matching eps (improved-diffusion's
+        clip_denoised), so that every sampler sees it.
         """
         if self.cfg.num_classes == 0:
             if labels is not None:
                 raise ValueError("labels were given but this model is unconditional (num_classes = 0)")
-            return lambda x_t, t: self.eps(x_t, t)
-        if labels is None:
-            return lambda x_t, t: self.eps(x_t, t, self._null(x_t.shape[0], x_t.device))
-        return guided(self.eps, labels, w, self.cfg.num_classes)
+            den = lambda x_t, t: self.eps(x_t, t)  # noqa: E731
+        elif labels is None:
+            den = lambda x_t, t: self.eps(x_t, t, self._null(x_t.shape[0], x_t.device))  # noqa: E731
+        else:
+            den = guided(self.eps, labels, w, self.cfg.num_classes)
+        return clipped(den, self.process) if clip else den
 
     def _null(self, n: int, device) -> torch.Tensor:
         return torch.full((n,), self.cfg.num_classes, dtype=torch.long, device=device)
@@ -175,7 +180,8 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
         if cfg.num_classes and labels is None:
             labels = torch.arange(n, device=dev) % cfg.num_classes
-        denoiser = self.denoiser(None if labels is None else labels.to(dev), cfg.w if w is None else w)
+        denoiser = self.denoiser(None if labels is None else labels.to(dev), cfg.w if w is None else w,
+                                 clip=cfg.clip_x0 and self.discrete)
         x_T = torch.randn((n, *self.shape), generator=generator).to(dev)
         steps = steps or cfg.steps or 50
         kw = {
@@ -225,6 +231,16 @@ def guided(eps_fn, labels: torch.Tensor, w: float, null: int):
         return (1 - w) * e[:n] + w * e[n:]
 
     return denoiser
+
+
+def clipped(denoiser, process: VPProcess):
+    """The eps-denoiser whose implied x0_hat = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar) is clamped to [-1, 1]."""
+
+    def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x0_hat = process.convert(denoiser(x_t, t), x_t, t, "eps", "x0").clamp(-1, 1)
+        return process.convert(x0_hat, x_t, t, "x0", "eps")
+
+    return den
 
 
 def build(cfg: Config) -> GaussianDiffusion:

@@ -121,12 +121,16 @@ class VPProcess:
 
 
 def strided_timesteps(T: int, steps: int) -> torch.Tensor:
-    """`steps` evenly spaced 1-based steps from 1 to T inclusive (all of them when steps == T)."""
+    """`steps` evenly strided 1-based steps 1, 1 + T/steps, ... (floored; all of them when steps == T).
+
+    As improved-diffusion's respacing (0-based range(0, T, stride)), the last kept step is
+    T - T/steps + 1 rather than T: it avoids the nearly degenerate last step of the cosine schedule
+    (beta_T clipped at 0.999, alpha_bar_T ~ 1e-7 for T = 100), from which the first deterministic
+    jump would multiply the error of eps by sqrt(alpha_bar_next/alpha_bar_T).
+    """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in 1..{T}, got {steps}")
-    if steps == 1:
-        return torch.tensor([T])
-    return torch.round(torch.linspace(1, T, steps, dtype=torch.float64)).long()
+    return 1 + torch.div(torch.arange(steps) * T, steps, rounding_mode="floor")
 
 
 REVERSE_VARIANCES = {"beta": "betas", "beta_tilde": "beta_tildes"}

@@ -38,7 +38,9 @@ def _steps(x: torch.Tensor, t: int) -> torch.Tensor:
 
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    """Standard normal noise like x, drawn on the generator's device (a CPU generator works for CUDA x)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
 def ddpm(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, variance: str = "beta_tilde",
@@ -97,9 +99,12 @@ def ode(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, m
 
     With y = x/sqrt(alpha_bar) and sigma = sqrt((1 - alpha_bar)/alpha_bar) the ODE is
     dy/dsigma = eps(x, t). The grid is `steps` strided integer steps t_S > ... > t_1 then sigma = 0
-    (x0), so the denoiser is only evaluated at integer steps. Heun (Karras et al. 2022, Alg. 1)
-    corrects every step except the last one to sigma = 0, which is an Euler step; Euler on this
-    grid is exactly DDIM with eta = 0. NFE: `steps` for Euler, 2 steps - 1 for Heun.
+    (x0), so the denoiser is only evaluated at integer steps. Euler on this grid is exactly DDIM
+    with eta = 0. Heun (Karras et al. 2022, Alg. 1) corrects every step but two Euler steps: the
+    last, to sigma = 0 where eps is undefined, and the first, from sigma_T, where the flow is linear
+    in sigma up to O(s^2/sigma_T^2) (s the data scale) while a trapezoid across a huge sigma ratio
+    is not (cosine schedule: sigma_T ~ 2e3 for T = 100); one Euler step keeps the global error
+    second order. NFE: `steps` for Euler, 2 steps - 2 for Heun (steps >= 2).
     """
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose from {', '.join(ODE_METHODS)}")
