@@ -136,7 +136,7 @@ def classifier_cmd() -> None:
 
 @classifier_cmd.command("train")
 @click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True,
-              help="Passes over MNIST train (about 25 s each on 2 CPU cores).")
+              help="Passes over MNIST train (about 1 minute each on 2 shared CPU cores).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every RNG.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Where to write classifier.pt and classifier.json (default: the package's zoo/assets).")
