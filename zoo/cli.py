@@ -7,6 +7,7 @@ a diverged run). ``zoo --debug ...`` shows the traceback instead.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -186,6 +187,67 @@ def eval_cmd(ckpt, n_samples, n_test, device, seed, kws, out) -> None:
     if out:
         write_json(out, res)
     click.echo(json.dumps(res, indent=2))
+
+
+@cli.group("classifier")
+def classifier_cmd() -> None:
+    """The shipped MNIST classifier behind classifier FID and agreement."""
+
+
+@classifier_cmd.command("train")
+@click.option("--epochs", type=click.IntRange(min=1), default=6, show_default=True,
+              help="Passes over MNIST train (about 1 minute each on 2 shared CPU cores).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every RNG.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where to write classifier.pt and classifier.json (default: the package's zoo/assets).")
+def classifier_train(epochs: int, seed: int, out_dir: str | None) -> None:
+    """Train the classifier on MNIST train and write its weights, hash and test accuracies."""
+    from zoo.common.classifier import ASSETS, train_classifier
+
+    command = f"zoo classifier train --epochs {epochs} --seed {seed}"
+    info = train_classifier(epochs=epochs, seed=seed, out_dir=out_dir or ASSETS, command=command)
+    where = out_dir or ASSETS
+    click.echo(f"test accuracy: grey {100 * info['test_accuracy_grey']:.2f}%, "
+               f"binarised {100 * info['test_accuracy_binarised']:.2f}% "
+               f"({info['train_seconds']:.0f} s); wrote {where}/classifier.pt (sha256 {info['sha256'][:12]}...)")
+
+
+@classifier_cmd.command("info")
+def classifier_info() -> None:
+    """Show the shipped classifier's record and check its hash."""
+    from zoo.common.classifier import INFO_PATH, accuracy, load_classifier, test_slice
+
+    net = load_classifier()  # raises on a hash mismatch
+    info = json.loads(INFO_PATH.read_text())
+    x, y = test_slice()
+    click.echo(f"weights sha256 {info['sha256']} (verified)")
+    click.echo(f"trained by `{info['command']}` in {info['train_seconds']:.0f} s")
+    click.echo(f"test accuracy: grey {100 * info['test_accuracy_grey']:.2f}%, "
+               f"binarised {100 * info['test_accuracy_binarised']:.2f}%")
+    click.echo(f"self-check on the {len(x)} shipped test images: grey {100 * accuracy(net, x, y):.1f}%, "
+               f"binarised {100 * accuracy(net, (x > 0.5).float(), y):.1f}%")
+
+
+@cli.command("eval-data")
+@click.option("--n", "n", type=click.IntRange(min=2), multiple=True, default=(10000, 1000), show_default=True,
+              help="Number of train / noise images compared with the test set (repeatable).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the noise.")
+def eval_data(n: tuple[int, ...], seed: int) -> None:
+    """FID floor (MNIST train vs test) and ceiling (uniform noise vs test), grey and binarised."""
+    from zoo.common.classifier import classifier_hash
+    from zoo.common.metrics import floor_and_ceiling
+
+    click.echo(f"classifier FID: 128 classifier features against all 10000 test images "
+               f"(classifier sha256 {classifier_hash()[:12]}...)")
+    click.echo("pixel FID: 784 pixels in [0, 1] against the first 1000 test images (seed 001)")
+    click.echo(f"{'view':<10}{'n':>7}  {'pair':<24}{'classifier FID':>15}{'pixel FID':>11}")
+    for binarised in (False, True):
+        view = "binarised" if binarised else "grey"
+        for size in n:
+            res = floor_and_ceiling(size, binarised=binarised, seed=seed)
+            for name, label in (("train", "train vs test (floor)"), ("noise", "noise vs test (ceiling)")):
+                click.echo(f"{view:<10}{size:>7}  {label:<24}{res[f'{name}_classifier_fid']:>15.3f}"
+                           f"{res[f'{name}_pixel_fid']:>11.3f}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,12 +3,20 @@
 - Fréchet distance between Gaussians fitted to features, with a symmetric PSD square root.
 - Pixel FID exactly as seed ``001_...``: 784 pixel values in [0, 1], generated images against the
   first 1000 test images.
+- Classifier FID (the headline): the same distance on the 128 penultimate features of the shipped
+  MNIST classifier (zoo/common/classifier.py), against statistics of all 10k test images (grey
+  test images for grey models, threshold-binarised ones for binarised models), cached in
+  ``$ZOO_DATA/classifier_stats/`` keyed by the classifier's SHA-256, the binarisation and the
+  test images' own hash.
+- Agreement: the share of samples the classifier assigns to the label they were asked for.
 - Unit conversions: nats per image <-> bits per dimension.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -34,7 +42,7 @@ def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
     """Square root of a symmetric PSD matrix by eigendecomposition (negative eigenvalues clipped)."""
-    w, v = np.linalg.eigh((a + a.T) / 2)
+    w, v = scipy.linalg.eigh((a + a.T) / 2)
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
@@ -71,13 +79,111 @@ def scipy_frechet_distance(mu1, cov1, mu2, cov2) -> float:
     return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * covmean))
 
 
+# --------------------------------------------------------------------------- classifier metrics
+
+
+@torch.no_grad()
+def classifier_features(images_unit: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Penultimate features (N, 128) of the shipped classifier for images in [0, 1] (N, 1, 28, 28)."""
+    from zoo.common.classifier import shipped_classifier
+
+    net = shipped_classifier()
+    x = images_unit.detach().float().cpu().reshape(-1, 1, 28, 28)  # (N, 1, 28, 28)
+    return torch.cat([net.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def classifier_predict(images_unit: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The shipped classifier's argmax label (N,) for images in [0, 1]."""
+    from zoo.common.classifier import shipped_classifier
+
+    net = shipped_classifier()
+    x = images_unit.detach().float().cpu().reshape(-1, 1, 28, 28)  # (N, 1, 28, 28)
+    return torch.cat([net(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+
+def agreement(samples_unit: torch.Tensor, labels: torch.Tensor | int) -> float:
+    """Share of samples whose classifier argmax equals the requested label (a tensor (N,) or one int)."""
+    pred = classifier_predict(samples_unit)
+    labels = torch.as_tensor(labels, dtype=torch.long).expand(len(pred))
+    return float((pred == labels.cpu()).float().mean())
+
+
+def reference_images(binarised: bool = False, limit: int | None = None) -> torch.Tensor:
+    """MNIST test images in [0, 1]: grey (k/255), or binarised at 0.5 as {0, 1}."""
+    from zoo.common.data import load_mnist
+
+    if binarised:
+        ref, _ = load_mnist("test", view="binary", limit=limit)
+        return (ref + 1) / 2
+    ref, _ = load_mnist("test", view="unit", limit=limit)
+    return ref
+
+
+def _stats_path(binarised: bool) -> Path:
+    """Cache file for the reference statistics: keyed by classifier, binarisation and test images."""
+    from zoo.common.classifier import classifier_hash
+    from zoo.common.data import cache_dir, load_uint8
+
+    x, _ = load_uint8("test")
+    data_hash = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+    view = "binary" if binarised else "grey"
+    return cache_dir() / "classifier_stats" / f"{classifier_hash()[:16]}-{view}-test{len(x)}-{data_hash[:16]}.npz"
+
+
+def reference_stats(binarised: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the classifier features of all the test images (cached on disk)."""
+    from zoo.common.utils import atomic_write_bytes
+
+    path = _stats_path(binarised)
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return z["mu"], z["cov"]
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # an unreadable cache file is recomputed and replaced
+    mu, cov = gaussian_stats(classifier_features(reference_images(binarised)))
+    atomic_write_bytes(path, lambda f: np.savez(f, mu=mu, cov=cov))
+    return mu, cov
+
+
+def classifier_fid(samples_unit: torch.Tensor, binarised: bool = False) -> float:
+    """Fréchet distance between the classifier features of `samples_unit` (N, 1, 28, 28) in [0, 1]
+    and those of the 10k test images (threshold-binarised ones when `binarised`)."""
+    x = samples_unit.detach().float().clamp(0, 1)
+    return frechet_distance(*gaussian_stats(classifier_features(x)), *reference_stats(binarised))
+
+
 def sample_metrics(samples_unit: torch.Tensor, binarised: bool = False, n_ref: int = 1000) -> dict[str, float]:
     """Every sample-quality number for MNIST-shaped samples in [0, 1]: the one entry point used by
-    `zoo eval` and the experiments, so adding a metric here adds it everywhere."""
-    reference = None
-    if binarised:
-        from zoo.common.data import load_mnist
+    `zoo eval` and the experiments, so adding a metric here adds it everywhere.
 
-        ref, _ = load_mnist("test", view="binary", limit=n_ref)
-        reference = (ref + 1) / 2
-    return {"pixel_fid": pixel_fid(samples_unit, reference=reference, n_ref=n_ref)}
+    ``pixel_fid``: seed 001's FID against the first `n_ref` test images; ``classifier_fid``: against
+    the classifier statistics of all the test images. `binarised` compares with binarised test images.
+    """
+    reference = reference_images(binarised, limit=n_ref) if binarised else None
+    return {"pixel_fid": pixel_fid(samples_unit, reference=reference, n_ref=n_ref),
+            "classifier_fid": classifier_fid(samples_unit, binarised=binarised)}
+
+
+def floor_and_ceiling(n: int = 10000, binarised: bool = False, seed: int = 0) -> dict[str, float]:
+    """What `zoo eval-data` prints: classifier and pixel FID of the first `n` MNIST train images
+    (the floor: real digits a model cannot beat) and of `n` images of uniform noise in [0, 1]
+    (the ceiling), each against the test references of `sample_metrics`. With `binarised`, the
+    train images are binarised at 0.5 and the noise is fair coins in {0, 1}."""
+    from zoo.common.data import load_mnist
+
+    if binarised:
+        train, _ = load_mnist("train", view="binary", limit=n)
+        train = (train + 1) / 2
+    else:
+        train, _ = load_mnist("train", view="unit", limit=n)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.rand(len(train), 1, 28, 28, generator=gen)  # (n, 1, 28, 28)
+    if binarised:
+        noise = (noise < 0.5).float()
+    out = {}
+    for name, x in (("train", train), ("noise", noise)):
+        for key, value in sample_metrics(x, binarised=binarised).items():
+            out[f"{name}_{key}"] = value
+    return out
