@@ -18,15 +18,6 @@ from zoo.gaussian.schedules import make_betas
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only contend on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def toy(**kw) -> GaussianDiffusion:
     return build(Config(data="swiss-roll", arch="mlp", hidden=32, layers=2, schedule="cosine", T=20, **kw))
 
