@@ -11,15 +11,6 @@ import torch
 from experiments import REGISTRY, run_experiment
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small nets run fastest on one thread; two OpenMP threads on a shared 2-core box spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 

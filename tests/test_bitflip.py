@@ -17,15 +17,6 @@ from zoo.common.trainer import TrainConfig, Trainer
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small nets run fastest on one thread; two OpenMP threads on a shared 2-core box spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 DELTAS = torch.tensor([0.02, 0.11, 0.05, 0.3, 0.17, 0.5], dtype=torch.float64)  # non-constant, ends at 1/2
 
 

@@ -10,7 +10,7 @@ import scipy.linalg
 import torch
 from scipy.linalg import eigh
 
-from conftest import make_fake_mnist
+from tests.conftest import make_fake_mnist
 from zoo.common import data, metrics
 
 

@@ -13,15 +13,6 @@ from zoo.common.trainer import TrainConfig, Trainer
 from zoo.vae.model import VAE, Config, build, kl_standard_normal, log_normal
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small nets run fastest on one thread; two OpenMP threads on a shared 2-core box spin."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_kl_and_log_normal_closed_forms():
     g = torch.Generator().manual_seed(0)
     mu, logvar, z = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(3))
