@@ -428,8 +428,10 @@ stays near the training points (it can only reproduce them). Whether the traject
                         f"{mm[one]['pixel_std_across_samples']:.3f}, lambda rule {mm['lambda']['pixel_std_across_samples']:.3f}, "
                         f"test images {mm['pixel_std_test_images']:.3f}. Lambda = 1 "
                         f"{'is less diverse than the lambda rule' if lower else 'is not less diverse than the lambda rule'}"
-                        f" (its digits are smoother and thicker); every sampler here exceeds the test images' value, "
-                        f"because background artefacts and noise of this small model add pixel variance. ")
+                        ". ")
+            if all(mm[r]["pixel_std_across_samples"] > mm["pixel_std_test_images"] for r in cfg.rules):
+                collapse += ("Every sampler here exceeds the test images' value: background artefacts and noise of this "
+                             "small model add pixel variance. ")
         text += f"""
 ### (a) Samplers on MNIST
 
