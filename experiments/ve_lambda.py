@@ -213,6 +213,7 @@ def spiral_part(cfg: VELambdaConfig, ctx: RunContext) -> tuple[dict, str]:
     model = build(Config(data="spiral", sigma_q=cfg.spiral_sigma_q, dt=cfg.spiral_train_dt))
     _train(model, _one_epoch(data, cfg.spiral_steps, cfg.spiral_batch), cfg.spiral_steps, cfg.spiral_batch,
            cfg.spiral_lr, ctx, "spiral", schedule="cosine")
+    model.cpu()  # 2-D sampling is cheap; CPU keeps the generators and reference points on one device
     g = torch.Generator().manual_seed(ctx.seed)
     x_1 = cfg.spiral_sigma_q * torch.randn(cfg.spiral_samples, 2, generator=g)
     out = {"floor_data_vs_data": sliced_wasserstein(spiral(cfg.spiral_samples, seed=2 * ctx.seed + 7), ref),
@@ -257,6 +258,7 @@ def trajectories_part(cfg: VELambdaConfig, ctx: RunContext) -> tuple[dict, str]:
         model = build(Config(data="spiral", sigma_q=cfg.traj_sigma_q, dt=cfg.traj_dt))
         _train(model, _one_epoch(points, cfg.traj_steps, cfg.spiral_batch), cfg.traj_steps, cfg.spiral_batch,
                cfg.traj_lr, ctx, f"traj{n}", schedule="cosine")
+        model.cpu()
         path = []
         end = model.sample(len(x_1), rule="lambda", x_1=x_1, dt=cfg.traj_dt,
                            callback=lambda t, x: path.append((t, x.clone())))
