@@ -14,14 +14,6 @@ from zoo.continuous_time.model import Config, build
 S, SIGMA_Q = 0.5, 1.0  # p0 = N(0, S^2), the tutorial's homework example
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors in long Python loops: one thread avoids OpenMP contention on shared CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _exact_final_std(rule, dt: float, s: float = S, sigma_q: float = SIGMA_Q) -> float:
     """Std of x_0 when x_1 ~ p_1 = N(0, s^2 + sigma_q^2) and f is the exact E[x_{t-dt} | x_t], by the

@@ -11,14 +11,6 @@ import torch
 from experiments.registry import run_experiment
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _finite(obj) -> bool:
     if isinstance(obj, dict):
         return all(_finite(v) for v in obj.values())
