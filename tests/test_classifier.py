@@ -82,12 +82,12 @@ def test_features_shape_and_determinism():
 
 def test_training_writes_loadable_hash_checked_weights_and_learns(fake_mnist, tmp_path):
     """A tiny run of the real training path on generated blobs (label = blob position)."""
-    info = clf.train_classifier(epochs=12, seed=1, batch_size=50, lr=3e-3, warmup_steps=5, out_dir=tmp_path,
+    info = clf.train_classifier(epochs=8, seed=1, batch_size=50, lr=1e-2, warmup_steps=3, out_dir=tmp_path,
                                 command="test", progress=False)
     net = clf.load_classifier(tmp_path / "classifier.pt", tmp_path / "classifier.json")
     x, y = data.load_mnist("test", view="unit")
     assert info["test_accuracy_grey"] == pytest.approx(clf.accuracy(net, x, y))
-    assert info["test_accuracy_grey"] >= 0.6  # chance is 0.1
+    assert info["test_accuracy_grey"] >= 0.5  # chance is 0.1; measured 0.77 after 32 steps
     assert info["seed"] == 1 and info["sha256"] == hashlib.sha256((tmp_path / "classifier.pt").read_bytes()).hexdigest()
 
 

@@ -43,7 +43,7 @@ def gaussian_stats(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
     """Square root of a symmetric PSD matrix by eigendecomposition (negative eigenvalues clipped)."""
-    w, v = scipy.linalg.eigh((a + a.T) / 2)
+    w, v = scipy.linalg.eigh((a + a.T) / 2, driver="evd")  # divide and conquer: the fastest here
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
