@@ -17,7 +17,7 @@ from experiments.registry import RunContext, experiment
 from zoo.common.data import swiss_roll
 from zoo.gaussian.model import Config, GaussianDiffusion
 from zoo.gaussian.samplers import ddpm
-from zoo.workflows import sliced_wasserstein
+from zoo.common.metrics import sliced_wasserstein
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from matplotlib.collections import LineCollection
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist, spiral
-from zoo.common.metrics import sample_metrics
+from zoo.common.metrics import sample_metrics, sliced_wasserstein
 from zoo.common.trainer import Trainer
 from zoo.continuous_time import ve
 from zoo.continuous_time.model import Config, build
@@ -93,19 +93,6 @@ def parse_rule(rule: str):
 def rule_label(rule: str) -> str:
     names = {"stochastic": "stochastic", "lambda": "lambda rule"}
     return names[rule] if rule in names else f"lambda = {float(rule):g}"
-
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 256, seed: int = 0) -> float:
-    """Sliced 2-Wasserstein distance between two equal-size point clouds (N, D): the root mean over
-    fixed random unit directions of the squared 1-D Wasserstein-2 distance (sorted projections)."""
-    a, b = a.detach().float().flatten(1), b.detach().float().flatten(1)
-    n = min(len(a), len(b))
-    g = torch.Generator().manual_seed(seed)
-    theta = torch.randn(a.shape[1], n_proj, generator=g)
-    theta = theta / theta.norm(dim=0)  # (D, P) unit directions
-    pa = (a[:n] @ theta).sort(0).values  # (N, P)
-    pb = (b[:n] @ theta).sort(0).values
-    return ((pa - pb) ** 2).mean().sqrt().item()
 
 
 def _one_epoch(x: torch.Tensor, steps: int, batch: int) -> torch.Tensor:

@@ -159,7 +159,7 @@ def test_mnist_model_shapes():
 
 
 def test_tiny_spiral_run_learns():
-    from experiments.ve_lambda import sliced_wasserstein
+    from zoo.common.metrics import sliced_wasserstein
     from zoo.common.data import spiral
 
     torch.manual_seed(0)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from zoo.cli import main
-from zoo.workflows import parse_kwargs, sliced_wasserstein
+from zoo.common.metrics import sliced_wasserstein
+from zoo.workflows import parse_kwargs
 
 
 def _zoo(capsys, *args):

@@ -120,7 +120,7 @@ def evaluate(ckpt_path: str | Path, n_samples: int = 1000, n_test: int = 1000, d
              seed: int = 0, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Likelihood on test data (where the model defines nll) and sample quality (FID for MNIST,
     sliced Wasserstein distance for 2-D data), with the sampling time."""
-    from zoo.common.metrics import nats_to_bpd, sample_metrics
+    from zoo.common.metrics import nats_to_bpd, sample_metrics, sliced_wasserstein
 
     name, cfg, model = load_model(ckpt_path, device)
     dev = resolve_device(device)
@@ -144,13 +144,3 @@ def evaluate(ckpt_path: str | Path, n_samples: int = 1000, n_test: int = 1000, d
         result["sliced_wasserstein"] = sliced_wasserstein(x, test[0])
     return result
 
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 256, seed: int = 0) -> float:
-    """Sliced 1-Wasserstein distance between two point clouds (N, D), (M, D): the mean over random
-    directions of the 1-D W1 between the projections (quantiles on a common grid)."""
-    gen = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(a.shape[1], n_proj, generator=gen, dtype=torch.float64)
-    dirs /= dirs.norm(dim=0, keepdim=True)
-    pa, pb = a.double() @ dirs, b.double() @ dirs  # (N, P), (M, P)
-    q = torch.linspace(0, 1, 200, dtype=torch.float64)
-    return (torch.quantile(pa, q, dim=0) - torch.quantile(pb, q, dim=0)).abs().mean().item()

@@ -200,3 +200,17 @@ def floor_and_ceiling(n: int = 10000, binarised: bool = False, seed: int = 0) ->
         for key, value in sample_metrics(x, binarised=binarised).items():
             out[f"{name}_{key}"] = value
     return out
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 256, seed: int = 0) -> float:
+    """Sliced 2-Wasserstein distance between two point clouds (N, D), (M, D): the root mean over
+    fixed random unit directions of the squared 1-D W2 distance between the sorted projections
+    (the first min(N, M) points of each cloud are used). For 2-D toys and spirals."""
+    a, b = a.detach().float().flatten(1), b.detach().float().flatten(1)
+    n = min(len(a), len(b))
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(a.shape[1], n_proj, generator=g)
+    theta = theta / theta.norm(dim=0)  # (D, P) unit directions
+    pa = (a[:n] @ theta).sort(0).values  # (N, P)
+    pb = (b[:n] @ theta).sort(0).values
+    return ((pa - pb) ** 2).mean().sqrt().item()
