@@ -51,3 +51,13 @@ def test_sliced_wasserstein_against_1d_closed_form():
     a = torch.linspace(-1, 1, 2001)[:, None]
     assert sliced_wasserstein(a, a + 0.7) == pytest.approx(0.7, abs=1e-6)
     assert sliced_wasserstein(a, a) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_eval_of_a_conditional_mnist_model_reports_fid_and_agreement(capsys, fake_mnist, tmp_path):
+    out = tmp_path / "cond"
+    _zoo(capsys, "train", "gaussian", "--set", "num_classes=10", "--set", "T=10", "--set", "channels=8,16",
+         "--train", "max_steps=3", "--train", "batch_size=16", "--limit", "64", "--out", str(out))
+    res = json.loads(_zoo(capsys, "eval", str(out / "train.ckpt"), "--n-samples", "20", "--n-test", "4",
+                          "--kw", "sampler=ddim", "--kw", "steps=5"))
+    assert 0.0 <= res["agreement"] <= 1.0
+    assert res["classifier_fid"] > 0 and res["pixel_fid"] > 0 and res["bits_per_dim"] > 0

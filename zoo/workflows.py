@@ -120,7 +120,7 @@ def evaluate(ckpt_path: str | Path, n_samples: int = 1000, n_test: int = 1000, d
              seed: int = 0, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Likelihood on test data (where the model defines nll) and sample quality (FID for MNIST,
     sliced Wasserstein distance for 2-D data), with the sampling time."""
-    from zoo.common.metrics import nats_to_bpd, sample_metrics, sliced_wasserstein
+    from zoo.common.metrics import agreement, nats_to_bpd, sample_metrics, sliced_wasserstein
 
     name, cfg, model = load_model(ckpt_path, device)
     dev = resolve_device(device)
@@ -134,12 +134,18 @@ def evaluate(ckpt_path: str | Path, n_samples: int = 1000, n_test: int = 1000, d
         result.update(nll_nats=nll.mean().item(), bits_per_dim=nats_to_bpd(nll.mean().item(), dims),
                       n_test=len(nll))
     gen = torch.Generator(device=dev).manual_seed(seed)
+    kwargs = dict(kwargs or {})
+    num_classes = getattr(cfg, "num_classes", 0)
+    if num_classes:  # a class-conditional model: ask for every class in turn and check agreement
+        kwargs.setdefault("labels", torch.arange(n_samples) % num_classes)
     t0 = time.perf_counter()
-    x = model.sample(n_samples, generator=gen, **(kwargs or {})).cpu()
+    x = model.sample(n_samples, generator=gen, **kwargs).cpu()
     result["sample_seconds_per_1000"] = (time.perf_counter() - t0) * 1000 / n_samples
     if DATASETS[cfg.data][0] == "mnist":
         binarised = DATASETS[cfg.data][1].startswith("binary")
         result.update(sample_metrics(to_unit(x, cfg.data), binarised=binarised))
+        if num_classes:
+            result["agreement"] = agreement(to_unit(x, cfg.data), kwargs["labels"])
     else:
         result["sliced_wasserstein"] = sliced_wasserstein(x, test[0])
     return result
