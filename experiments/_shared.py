@@ -44,6 +44,13 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return (x.clamp(-1, 1) + 1) / 2
 
 
+def total_variation(x_unit: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of horizontally and vertically neighbouring pixels, per image (N,)."""
+    dx = (x_unit[..., :, 1:] - x_unit[..., :, :-1]).abs().flatten(1).sum(1)  # (N,)
+    dy = (x_unit[..., 1:, :] - x_unit[..., :-1, :]).abs().flatten(1).sum(1)  # (N,)
+    return (dx + dy) / x_unit[0].numel()
+
+
 def train_gaussian_mnist(ctx: RunContext, tag: str, *, channels: tuple[int, ...], T: int = 1000,
                          schedule: str = "cosine", n_train: int | None = None, **train_kw):
     """Train an eps-prediction U-Net (sinusoidal time embedding) with the simple loss on grey MNIST.
