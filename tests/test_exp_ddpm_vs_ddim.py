@@ -7,7 +7,7 @@ import math
 
 from experiments import run_experiment
 
-KEYS = {"sampler", "steps", "nfe", "nfe_ratio", "seconds", "seconds_per_1000", "speedup", "classifier_fid", "pixel_fid"}
+KEYS = {"sampler", "steps", "nfe", "nfe_ratio", "seconds", "seconds_per_1000", "speedup", "classifier_fid", "pixel_fid", "total_variation"}
 
 
 def test_ddpm_vs_ddim_smoke(fake_mnist, tmp_path):
@@ -22,7 +22,7 @@ def test_ddpm_vs_ddim_smoke(fake_mnist, tmp_path):
         for k in KEYS - {"sampler"}:
             assert math.isfinite(r[k]), (r["sampler"], k)
         assert r["classifier_fid"] > 0 and r["pixel_fid"] > 0 and r["seconds"] > 0
-    assert set(m["real_data_floor"]) == {"classifier_fid", "pixel_fid"}
+    assert set(m["real_data_floor"]) == {"classifier_fid", "pixel_fid", "total_variation"}
     assert isinstance(m["reproduced"], bool) and m["train_steps"] == 2
     for f in ("config.json", "metrics.json", "log.jsonl", "report.md", "grids.png", "fid_time_vs_nfe.png", "loss.png"):
         assert (tmp_path / f).exists(), f
