@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -10,6 +11,22 @@ from torch import nn
 
 from experiments.registry import RunContext
 from zoo.common.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class MnistBudget:
+    """The training budget of a Gaussian micro-U-Net on MNIST, shared by sampler experiments."""
+
+    channels: tuple[int, ...] = (32, 64)  # micro-U-Net widths
+    T: int = 1000
+    n_train: int | None = None  # None: all 50k training images
+    epochs: int = 5
+    max_steps: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    ema_decay: float = 0.999
+    n_samples: int = 1000  # per sampler setting, for FID
+    sample_batch: int = 500
 
 
 def train(ctx: RunContext, model: nn.Module, data: tuple[torch.Tensor, ...], tag: str,

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments._shared import counted_sampling, loss_figure, total_variation, train_gaussian_mnist, unit
+from experiments._shared import (MnistBudget, counted_sampling, loss_figure, total_variation, train_gaussian_mnist,
+                                 unit)
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist
@@ -21,17 +22,7 @@ from zoo.gaussian.samplers import ddim, ddpm
 
 
 @dataclass(frozen=True)
-class DdpmVsDdimConfig:
-    channels: tuple[int, ...] = (32, 64)  # micro-U-Net widths
-    T: int = 1000
-    n_train: int | None = None  # None: all 50k training images
-    epochs: int = 5
-    max_steps: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    ema_decay: float = 0.999
-    n_samples: int = 1000  # per sampler, for FID
-    sample_batch: int = 500
+class DdpmVsDdimConfig(MnistBudget):
     ddim_steps: tuple[int, ...] = (10, 20, 50, 100)
     variance: str = "beta_tilde"  # DDPM reverse variance
     compare_steps: int = 50  # the DDIM run held against DDPM (T/20: the seed's 50 of 1000)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments._shared import counted_sampling, loss_figure, total_variation, train_gaussian_mnist, unit
+from experiments._shared import (MnistBudget, counted_sampling, loss_figure, total_variation, train_gaussian_mnist,
+                                 unit)
 from experiments.plotting import image_grid, markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist
@@ -23,17 +24,7 @@ from zoo.gaussian.samplers import ODE_METHODS, ode
 
 
 @dataclass(frozen=True)
-class OdeSamplersConfig:
-    channels: tuple[int, ...] = (32, 64)  # micro-U-Net widths
-    T: int = 1000
-    n_train: int | None = None  # None: all 50k training images
-    epochs: int = 5
-    max_steps: int | None = None
-    batch_size: int = 128
-    lr: float = 1e-3
-    ema_decay: float = 0.999
-    n_samples: int = 1000  # per (method, steps), for FID
-    sample_batch: int = 500
+class OdeSamplersConfig(MnistBudget):
     steps: tuple[int, ...] = (5, 10, 20, 50, 100)
     grid_steps: tuple[int, ...] = (5, 10, 20)  # step counts shown as 4x4 grids
 
