@@ -25,16 +25,16 @@ from zoo.gaussian.model import Config, GaussianDiffusion
 @dataclass(frozen=True)
 class GuidanceConfig:
     n_train: int | None = 12000  # first n MNIST train images (None: all 50k)
-    channels: tuple[int, ...] = (8, 16, 32)  # U-Net widths
+    channels: tuple[int, ...] = (16, 32)  # U-Net widths
     label_dropout: float = 0.2  # probability of training on the null class
-    schedule: str = "linear"
+    schedule: str = "cosine"  # suits few-step DDIM and short training (ddpm-vs-ddim)
     T: int = 1000
     epochs: int = 6
     batch_size: int = 128
     lr: float = 2e-3
-    ema_decay: float = 0.995
+    ema_decay: float = 0.99
     ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
-    n_samples: int = 300  # per w, labels 0, 1, ..., 9 in turn
+    n_samples: int = 200  # per w, labels 0, 1, ..., 9 in turn
     steps: int = 20  # DDIM steps (eta = 0)
 
 
@@ -49,6 +49,7 @@ and 36/40 cells for w = 0, 0.5, 1, 2, 4, and the w = 4 grid has four empty (unre
 So: agreement with the asked label rises with w, and w = 0 is near chance (10%).
 """
 
+SEED_AGREEMENT = {0.0: 7 / 40, 0.5: 22 / 40, 1.0: 36 / 40, 2.0: 39 / 40, 4.0: 36 / 40}  # transcribed grids
 GRID_ROWS = 4  # the seed's grids: four rows of the digits 0-9
 
 
@@ -114,6 +115,8 @@ def run(cfg: GuidanceConfig, ctx: RunContext) -> dict:
     rises = all(b > a - 2 * s for a, b, s in zip(agree, agree[1:], se[1:])) and agree[-1] > agree[0] + 4 * se[0]
     near_chance = abs(agree[0] - 0.1) < 3 * se[0]
     reproduced = rises and near_chance
+    at = dict(zip(cfg.ws, agree))
+    seed_vs_run = ", ".join(f"w = {w:g}: {at[w]:.2f} vs {s:.2f}" for w, s in SEED_AGREEMENT.items() if w in at)
     best = min(rows, key=lambda r: r["classifier_fid"])
     train_curve = epoch_curve(trainer, "train_loss")
     table = markdown_table(rows, ["w", "agreement", "classifier_fid", "pixel_fid", "sample_seconds"])
@@ -138,6 +141,12 @@ def run(cfg: GuidanceConfig, ctx: RunContext) -> dict:
         f"more than 4), and w = 0 is {'near' if near_chance else 'not near'} chance ({agree[0]:.2f} against 0.10, "
         f"criterion: within 3 standard errors; with balanced asked labels the unguided model's expected agreement "
         f"is exactly 1/10, whatever its class frequencies). Reproduced: {'yes' if reproduced else 'no'}. "
+        f"That criterion is about the direction; against the seed's transcribed grids the level differs "
+        f"(this run vs the seed: {seed_vs_run}). The write-up does not state its training budget (its loss "
+        f"figure is missing); this model saw {trainer.step} steps of batch {cfg.batch_size}, and its samples are "
+        f"still only partly digit-like (classifier FID {rows[0]['classifier_fid']:.0f} at w = {cfg.ws[0]:g}), so "
+        f"the class embedding has had little training to separate the digits; the `paper` preset trains "
+        f"{PRESETS['paper'].epochs} epochs of all 50k images. "
         f"Quality (which the seed does not measure): classifier FID is lowest at w = {best['w']:g} "
         f"({best['classifier_fid']:.2f}); it goes {arrow('classifier_fid')} and pixel "
         f"FID {arrow('pixel_fid')} across the same w.")
@@ -150,7 +159,8 @@ def run(cfg: GuidanceConfig, ctx: RunContext) -> dict:
 
 
 PRESETS = {
-    "smoke": GuidanceConfig(n_train=128, epochs=1, batch_size=64, ws=(0.0, 1.0, 4.0), n_samples=40, steps=3),
+    "smoke": GuidanceConfig(n_train=128, channels=(8, 16), epochs=1, batch_size=64, ws=(0.0, 1.0, 4.0),
+                            n_samples=40, steps=3),
     "quick": GuidanceConfig(),
     "paper": GuidanceConfig(n_train=None, channels=(32, 64, 128), label_dropout=0.1, epochs=30, lr=1e-3,
                             ema_decay=0.999, n_samples=1000, steps=100),
