@@ -29,7 +29,7 @@ class GuidanceConfig:
     label_dropout: float = 0.2  # probability of training on the null class
     schedule: str = "cosine"  # suits few-step DDIM and short training (ddpm-vs-ddim)
     T: int = 1000
-    epochs: int = 6
+    epochs: int = 15
     batch_size: int = 128
     lr: float = 2e-3
     ema_decay: float = 0.99
