@@ -51,6 +51,18 @@ maximum 2.2699 for large): the small network is the efficient choice, the large 
 """
 
 
+@torch.no_grad()
+def copy_baseline(cfg: WidthSweepConfig, x_val: torch.Tensor, seed: int) -> float:
+    """Validation loss of mu = x_t (rho0 = 1, rho1 = 0: the network switched off), batch-averaged."""
+    model = GaussianDiffusion(seed001_config(cfg.small, T=cfg.T, param="mean", loss="mean-matching",
+                                             mm_target="posterior", mm_reduction="mean"))
+    model.rho1.zero_()
+    torch.manual_seed(seed)
+    losses = [float(model.loss((x_val[i:i + cfg.batch_size],))["loss"]) * len(x_val[i:i + cfg.batch_size])
+              for i in range(0, len(x_val), cfg.batch_size)]
+    return sum(losses) / len(x_val)
+
+
 def run(cfg: WidthSweepConfig, ctx: RunContext) -> dict:
     x, _ = load_mnist("train", view="grey", limit=cfg.n_train)
     x_val, _ = load_mnist("valid", view="grey", limit=cfg.n_val)
@@ -83,6 +95,8 @@ def run(cfg: WidthSweepConfig, ctx: RunContext) -> dict:
                      **{k: q.get(k, float("nan")) for k in ("min", "q25", "median", "q75", "max", "variance")},
                      "diverged": "yes" if error else "no"})
     remove_checkpoints(ctx)
+    copy_loss = copy_baseline(cfg, x_val, ctx.seed + 7)
+    rows.append({"width": "mu = x_t (no network)", "median": copy_loss})
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.2))
     for (name, c), color in zip(curves.items(), ("tab:blue", "tab:orange", "tab:green")):
@@ -129,9 +143,12 @@ def run(cfg: WidthSweepConfig, ctx: RunContext) -> dict:
             f"Median validation losses {listing(med.get, '{:.4f}')}; variances {listing(v.get, '{:.3g}')}. "
             f"The learned rho0 ends at {listing(lambda n: results[n]['rho0'], '{:.3f}')} (initialised at 1): "
             f"an unstable run is one whose rho0, on its own learning rate {cfg.rho_lr}, is driven away from 1 in the "
-            f"first steps, after which the network cannot recover within this budget.")
+            f"first steps, after which the network cannot recover within this budget. For scale: copying the input, "
+            f"mu = x_t (rho0 = 1, rho1 = 0), scores {copy_loss:.4f} on the same validation draws; widths whose "
+            f"rho1 ended near 0 ({', '.join(n for n in widths if abs(results[n]['rho1']) < 0.1) or 'none'}) "
+            f"predict little more than that.")
     ctx.write_report("Seed ScoreNet width sweep: losses, stability and cost", CLAIM, body)
-    return {"widths": results, "curves": curves, "unstable": unstable, "large_unstable": large_unstable,
+    return {"widths": results, "curves": curves, "unstable": unstable, "copy_x_t_val_loss": copy_loss, "large_unstable": large_unstable,
             "cost_grows_with_width": faster}
 
 

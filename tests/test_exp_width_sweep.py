@@ -26,4 +26,5 @@ def test_width_sweep_smoke(fake_mnist, tmp_path):
         assert q["min"] <= q["q25"] <= q["median"] <= q["q75"] <= q["max"] and q["variance"] >= 0
         assert r["seconds_per_epoch"] > 0 and math.isfinite(r["rho0"]) and math.isfinite(r["rho1"])
         assert len(m["curves"][name]["rho0"]) == cfg.epochs
+    assert math.isfinite(m["copy_x_t_val_loss"]) and m["copy_x_t_val_loss"] > 0
     assert set(m["unstable"]) == {"medium", "large"} and m["large_unstable"] == m["unstable"]["large"]
