@@ -23,3 +23,5 @@ def test_parameterisation_smoke(fake_mnist, tmp_path):
     assert "rho0" in m["results"]["mean"] and "rho0" not in m["results"]["eps"]
     assert math.isfinite(m["results"]["mean"]["rho0"]) and math.isfinite(m["results"]["mean"]["rho1"])
     assert math.isfinite(m["real_floor"]["pixel_fid"]) and isinstance(m["reproduced"], bool)
+    assert m["noise_ceiling"]["classifier_fid"] > m["real_floor"]["classifier_fid"]  # real digits beat noise
+    assert isinstance(m["informative"], bool)
