@@ -19,8 +19,8 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(ZOO) data fetch
-	$(ZOO) run schedules --preset $(PRESET) --out runs/schedules
-	@echo "results: runs/schedules/report.md"
+	$(ZOO) run zoo --preset $(PRESET) --out runs/zoo
+	@echo "results: runs/zoo/report.md and runs/zoo/table.csv"
 
 test: venv
 	$(PY) -m pytest -q tests

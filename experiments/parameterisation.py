@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments._shared import epoch_curve, remove_checkpoints, seed001_config, timed, to_unit, train_guarded
+from experiments._shared import epoch_curve, remove_checkpoints, seed001_config, timed, train_guarded, unit
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist
@@ -79,12 +79,12 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> dict:
                                                    sampler="ddpm", variance=cfg.variance), ctx.device)
                 chunks.append(s.cpu())
                 seconds += dt
-            samples = to_unit(torch.cat(chunks))  # (n, 1, 28, 28) in [0, 1]
+            samples = unit(torch.cat(chunks))  # (n, 1, 28, 28) in [0, 1]
             r.update(sample_metrics(samples, n_ref=cfg.n_ref), sample_seconds=seconds)
             panels[f"{param}: pixel FID {r['pixel_fid']:.2f}, classifier FID {r['classifier_fid']:.1f}"] = samples[:64]
         results[param] = r
     remove_checkpoints(ctx)
-    real = to_unit(x[-cfg.n_samples:])  # the last training images: the floor a model could reach
+    real = unit(x[-cfg.n_samples:])  # the last training images: the floor a model could reach
     floor = sample_metrics(real, n_ref=cfg.n_ref)
     panels["real training images"] = real[:64]
     noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(ctx.seed + 2))  # (n, 1, 28, 28)

@@ -17,7 +17,7 @@ from experiments.registry import RunContext, experiment
 from zoo.common.data import swiss_roll
 from zoo.gaussian.model import Config, GaussianDiffusion
 from zoo.gaussian.samplers import ddpm
-from zoo.workflows import sliced_wasserstein
+from zoo.common.metrics import sliced_wasserstein
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
     ratio = d["samples"] / d["noise"]
     # Share of the gap between noise and a fresh draw of the data that the samples close.
     closed = (d["noise"] - d["samples"]) / (d["noise"] - d["fresh data (floor)"])
-    rows = [{"compared with held-out data": k, "sliced W1": v} for k, v in d.items()]
+    rows = [{"compared with held-out data": k, "sliced W2": v} for k, v in d.items()]
     reproduced = closed > 0.8 and proc.alpha_bars[-1].item() < 1e-3
     body = (f"Training: {cfg.n_train} points, {cfg.epochs} epochs, batch {cfg.batch_size}, MLP "
             f"{cfg.layers}x{cfg.hidden} ReLU with t/T {cfg.time}ed, {trainer.step} steps in "
@@ -123,7 +123,7 @@ def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
             f"{proc.alpha_bars[-1]:.1e}.\n\n![forward and reverse]({scatter_png})\n\n"
             f"{markdown_table(rows)}\n\nFinal loss: train {train_curve[-1]:.4f}, test {test_curve[-1]:.4f}.\n\n"
             f"![loss]({loss_png})\n\n**Finding.** The roll dissolves into N(0, I) (top row) and the reverse "
-            f"chain recovers it (bottom row): samples are at sliced W1 {d['samples']:.3f} from held-out data "
+            f"chain recovers it (bottom row): samples are at sliced W2 {d['samples']:.3f} from held-out data "
             f"against {d['noise']:.3f} for noise; a fresh draw of the data sits at {d['fresh data (floor)']:.3f}, "
             f"so the samples close {100 * closed:.0f}% of the gap between noise and data (criterion: > 80%). "
             f"Reproduced: {'yes' if reproduced else 'no'}. The concatenated scalar t is enough to learn the "

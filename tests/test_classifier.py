@@ -82,30 +82,26 @@ def test_features_shape_and_determinism():
 
 def test_training_writes_loadable_hash_checked_weights_and_learns(fake_mnist, tmp_path):
     """A tiny run of the real training path on generated blobs (label = blob position)."""
-    info = clf.train_classifier(epochs=12, seed=1, batch_size=50, lr=3e-3, warmup_steps=5, out_dir=tmp_path,
+    info = clf.train_classifier(epochs=8, seed=1, batch_size=50, lr=1e-2, warmup_steps=3, out_dir=tmp_path,
                                 command="test", progress=False)
     net = clf.load_classifier(tmp_path / "classifier.pt", tmp_path / "classifier.json")
     x, y = data.load_mnist("test", view="unit")
     assert info["test_accuracy_grey"] == pytest.approx(clf.accuracy(net, x, y))
-    assert info["test_accuracy_grey"] >= 0.6  # chance is 0.1
+    assert info["test_accuracy_grey"] >= 0.5  # chance is 0.1; measured 0.77 after 32 steps
     assert info["seed"] == 1 and info["sha256"] == hashlib.sha256((tmp_path / "classifier.pt").read_bytes()).hexdigest()
 
 
 def test_cli_classifier_info_and_eval_data(fake_mnist, capsys):
     from zoo.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["classifier", "info"])
-    assert e.value.code in (0, None)
+    main(["classifier", "info"])  # returns normally on success
     out = capsys.readouterr().out
     assert "(verified)" in out and "self-check" in out
-    with pytest.raises(SystemExit) as e:
-        main(["eval-data", "--n", "60"])
-    assert e.value.code in (0, None)
+    main(["eval-data", "--n", "60"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if "vs test" in line]
     assert len(rows) == 4  # floor and ceiling, grey and binarised
-    floor_grey, ceil_grey = float(rows[0][-2]), float(rows[1][-2])
-    assert ceil_grey > floor_grey
+    for floor, ceiling in (rows[0], rows[1]), (rows[2], rows[3]):
+        assert floor[0] == ceiling[0] and float(ceiling[-2]) > float(floor[-2])  # classifier FID
 
 
 def test_cli_eval_data_without_data_is_a_one_line_error(zoo_data, capsys):

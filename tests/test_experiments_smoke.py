@@ -33,3 +33,19 @@ def test_toy2d_smoke(tmp_path):
 def test_every_experiment_has_three_presets():
     for exp in REGISTRY.values():
         assert set(exp.presets) == {"smoke", "quick", "paper"}, exp.name
+
+
+def test_zoo_table_smoke(fake_mnist, tmp_path):
+    m = run_experiment("zoo", preset="smoke", out_dir=tmp_path)
+    rows = m["rows"]
+    assert set(rows) == {"gaussian", "ve", "binary", "vae"}
+    for name, row in rows.items():
+        assert _finite(row) and row["classifier_fid"] > 0 and row["pixel_fid"] > 0, name
+        assert row["train_s"] > 0 and row["sample_s_per_1000"] > 0
+    # NFE by construction: DDIM steps, 1/dt, T, one decoder call
+    assert [rows[k]["nfe"] for k in ("gaussian", "ve", "binary", "vae")] == [5, 10, 5, 1]
+    assert "likelihood" not in rows["ve"] and all("likelihood" in rows[k] for k in ("gaussian", "binary", "vae"))
+    assert rows["gaussian"]["params"] == rows["binary"]["params"]  # the same U-Net for both
+    header = (tmp_path / "table.csv").read_text().splitlines()[0]
+    assert "classifier_fid" in header and len((tmp_path / "table.csv").read_text().splitlines()) == 5
+    assert (tmp_path / "samples.png").exists() and not list(tmp_path.glob("*.ckpt"))

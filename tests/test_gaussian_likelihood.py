@@ -16,15 +16,6 @@ f64 = torch.float64
 CENTRES = 2 * torch.arange(256, dtype=f64) / 255 - 1  # the 8-bit bin centres in [-1, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only contend on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _bin_probs(m: float, s: float) -> torch.Tensor:
     """P(bin k) of N(m, s^2) with edges halfway between centres, the edge bins open. (256,)"""
     inner = -1 + (2 * torch.arange(255, dtype=f64) + 1) / 255

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from zoo.common.metrics import sliced_wasserstein
 from zoo.common.trainer import TrainConfig, Trainer
 from zoo.formulations import DATASETS, load_dataset, module
 from zoo.gaussian import losses
@@ -16,15 +17,6 @@ from zoo.gaussian.process import VPProcess
 from zoo.gaussian.schedules import make_betas
 
 f64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only contend on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def toy(**kw) -> GaussianDiffusion:
@@ -156,13 +148,6 @@ def test_nll_is_the_sum_of_the_terms(fake_mnist):
     assert bool((nll / (784 * math.log(2)) > 1).all())
 
 
-def _sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 64) -> float:
-    theta = torch.randn(2, n_proj, generator=torch.Generator().manual_seed(0))
-    theta = theta / theta.norm(dim=0)
-    pa, pb = (a @ theta).sort(0).values, (b @ theta).sort(0).values  # (n, n_proj)
-    return ((pa - pb) ** 2).mean().sqrt().item()
-
-
 def test_swiss_roll_training_learns():
     """A small MLP trained through the shared Trainer: samples move from noise to the data."""
     (train,) = load_dataset("swiss-roll", "train", limit=4000)
@@ -172,8 +157,8 @@ def test_swiss_roll_training_learns():
     Trainer(model, (train,), TrainConfig(max_steps=1200, epochs=100, batch_size=256, lr=3e-3,
                                          lr_schedule="cosine", progress=False)).fit()
     g = torch.Generator().manual_seed(1)
-    noise = _sliced_wasserstein(torch.randn(2000, 2, generator=g), test)
-    floor = _sliced_wasserstein(train[:2000], test)  # two samples of the data itself
+    noise = sliced_wasserstein(torch.randn(2000, 2, generator=g), test)
+    floor = sliced_wasserstein(train[:2000], test)  # two samples of the data itself
     for sampler in ("ddpm", "ddim", "ode"):
-        d = _sliced_wasserstein(model.sample(2000, generator=g, sampler=sampler, steps=50), test)
+        d = sliced_wasserstein(model.sample(2000, generator=g, sampler=sampler, steps=50), test)
         assert d < 0.5 * noise and d < 4 * floor, (sampler, d, noise, floor)

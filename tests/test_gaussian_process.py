@@ -13,15 +13,6 @@ from zoo.gaussian.schedules import make_betas
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: intra-op threads only contend on the shared 2-core machine (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_schedules_against_their_formulas():
     T = 30
     lin = make_betas("linear", T, beta_1=1e-4, beta_T=0.02)

@@ -235,8 +235,10 @@ def classifier_info() -> None:
 def eval_data(n: tuple[int, ...], seed: int) -> None:
     """FID floor (MNIST train vs test) and ceiling (uniform noise vs test), grey and binarised."""
     from zoo.common.classifier import classifier_hash
+    from zoo.common.data import load_uint8
     from zoo.common.metrics import floor_and_ceiling
 
+    load_uint8("test")  # no data: the one-line error before any output
     click.echo(f"classifier FID: 128 classifier features against all 10000 test images "
                f"(classifier sha256 {classifier_hash()[:12]}...)")
     click.echo("pixel FID: 784 pixels in [0, 1] against the first 1000 test images (seed 001)")

@@ -120,7 +120,7 @@ def evaluate(ckpt_path: str | Path, n_samples: int = 1000, n_test: int = 1000, d
              seed: int = 0, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Likelihood on test data (where the model defines nll) and sample quality (FID for MNIST,
     sliced Wasserstein distance for 2-D data), with the sampling time."""
-    from zoo.common.metrics import nats_to_bpd, sample_metrics
+    from zoo.common.metrics import agreement, nats_to_bpd, sample_metrics, sliced_wasserstein
 
     name, cfg, model = load_model(ckpt_path, device)
     dev = resolve_device(device)
@@ -134,23 +134,19 @@ def evaluate(ckpt_path: str | Path, n_samples: int = 1000, n_test: int = 1000, d
         result.update(nll_nats=nll.mean().item(), bits_per_dim=nats_to_bpd(nll.mean().item(), dims),
                       n_test=len(nll))
     gen = torch.Generator(device=dev).manual_seed(seed)
+    kwargs = dict(kwargs or {})
+    num_classes = getattr(cfg, "num_classes", 0)
+    if num_classes:  # a class-conditional model: ask for every class in turn and check agreement
+        kwargs.setdefault("labels", torch.arange(n_samples) % num_classes)
     t0 = time.perf_counter()
-    x = model.sample(n_samples, generator=gen, **(kwargs or {})).cpu()
+    x = model.sample(n_samples, generator=gen, **kwargs).cpu()
     result["sample_seconds_per_1000"] = (time.perf_counter() - t0) * 1000 / n_samples
     if DATASETS[cfg.data][0] == "mnist":
         binarised = DATASETS[cfg.data][1].startswith("binary")
         result.update(sample_metrics(to_unit(x, cfg.data), binarised=binarised))
+        if num_classes:
+            result["agreement"] = agreement(to_unit(x, cfg.data), kwargs["labels"])
     else:
         result["sliced_wasserstein"] = sliced_wasserstein(x, test[0])
     return result
 
-
-def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_proj: int = 256, seed: int = 0) -> float:
-    """Sliced 1-Wasserstein distance between two point clouds (N, D), (M, D): the mean over random
-    directions of the 1-D W1 between the projections (quantiles on a common grid)."""
-    gen = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(a.shape[1], n_proj, generator=gen, dtype=torch.float64)
-    dirs /= dirs.norm(dim=0, keepdim=True)
-    pa, pb = a.double() @ dirs, b.double() @ dirs  # (N, P), (M, P)
-    q = torch.linspace(0, 1, 200, dtype=torch.float64)
-    return (torch.quantile(pa, q, dim=0) - torch.quantile(pb, q, dim=0)).abs().mean().item()

@@ -48,7 +48,7 @@ class ClassifierError(ZooError):
 
 
 class MnistCNN(nn.Module):
-    """conv5(32)-pool-conv5(64)-pool-conv3(128)-global-avg-pool -> 128 features -> 10 logits.
+    """conv5(32)-pool-conv3(64)-pool-conv3(128)-global-avg-pool -> 128 features -> 10 logits.
 
     Input pixels in [0, 1] are centred to [-1, 1] inside, so callers pass the ``unit`` view.
     """
@@ -57,7 +57,7 @@ class MnistCNN(nn.Module):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(1, 32, 5, padding=2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, 14, 14)
-            nn.Conv2d(32, 64, 5, padding=2), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 7, 7)
+            nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, 7, 7)
             nn.Conv2d(64, feature_dim, 3, padding=1), nn.BatchNorm2d(feature_dim), nn.ReLU(),  # (B, F, 7, 7)
         )
         self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(feature_dim, 10))
@@ -209,7 +209,12 @@ def load_classifier(weights_path: str | Path = WEIGHTS_PATH, info_path: str | Pa
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ClassifierError(f"{weights_path} is not a zoo classifier (no '{FORMAT}' marker)")
     net = MnistCNN(int(state["feature_dim"]))
-    net.load_state_dict(state["state_dict"])
+    try:
+        net.load_state_dict(state["state_dict"])
+    except (RuntimeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise ClassifierError(f"{weights_path} does not fit this version's classifier ({first}); "
+                              f"run `zoo classifier train`") from None
     return net.eval()
 
 

@@ -255,3 +255,66 @@ def build_net(arch: str, **kw) -> nn.Module:
         kw = {k: tuple(v) if k == "channels" else v for k, v in kw.items()}
         return UNet(UNetConfig(**kw))
     return ARCHITECTURES[arch](**kw)
+
+
+# =========================================================================== VAE (issue 7) ====
+# The VAE baseline's encoder and decoder (SPEC section 4). Unlike the denoisers above they take
+# no time: ``VAEEncoder(x) -> (mu, logvar)`` each (B, latent_dim), ``VAEDecoder(z) -> (B, C, 28, 28)``
+# (Bernoulli logits or Gaussian means). ``arch="mlp"`` is Burda et al.'s one-stochastic-layer
+# network (784-200-200-latent, tanh); ``arch="conv"`` two stride-2 convs each way around an MLP.
+
+
+class VAEEncoder(nn.Module):
+    """x (B, C, 28, 28) -> (mu, logvar) of the Gaussian q(z | x), each (B, latent_dim)."""
+
+    def __init__(self, arch: str = "conv", latent_dim: int = 32, hidden: int = 256,
+                 channels: tuple[int, ...] = (32, 64), in_channels: int = 1):
+        super().__init__()
+        _check_vae_arch(arch)
+        if arch == "mlp":
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 784, hidden), nn.Tanh(),
+                                      nn.Linear(hidden, hidden), nn.Tanh())
+        else:
+            c0, c1 = channels
+            self.body = nn.Sequential(
+                nn.Conv2d(in_channels, c0, 4, stride=2, padding=1), nn.SiLU(),  # (B, c0, 14, 14)
+                nn.Conv2d(c0, c1, 4, stride=2, padding=1), nn.SiLU(),  # (B, c1, 7, 7)
+                nn.Flatten(), nn.Linear(c1 * 49, hidden), nn.SiLU())
+        self.head = nn.Linear(hidden, 2 * latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.body(x)).chunk(2, dim=1)  # (B, latent) each
+        return mu, logvar
+
+
+class VAEDecoder(nn.Module):
+    """z (B, latent_dim) -> one value per pixel (B, out_channels, 28, 28)."""
+
+    def __init__(self, arch: str = "conv", latent_dim: int = 32, hidden: int = 256,
+                 channels: tuple[int, ...] = (32, 64), out_channels: int = 1):
+        super().__init__()
+        _check_vae_arch(arch)
+        self.out_channels = out_channels
+        if arch == "mlp":
+            self.body = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                      nn.Linear(hidden, out_channels * 784))
+        else:
+            c0, c1 = channels
+            self.body = nn.Sequential(
+                nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, c1 * 49), nn.SiLU(),
+                nn.Unflatten(1, (c1, 7, 7)),  # (B, c1, 7, 7)
+                nn.ConvTranspose2d(c1, c0, 4, stride=2, padding=1), nn.SiLU(),  # (B, c0, 14, 14)
+                nn.ConvTranspose2d(c0, out_channels, 4, stride=2, padding=1))  # (B, C, 28, 28)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z).reshape(len(z), self.out_channels, 28, 28)  # (B, C, 28, 28)
+
+
+VAE_ARCHITECTURES = ("conv", "mlp")
+
+
+def _check_vae_arch(arch: str) -> None:
+    if arch not in VAE_ARCHITECTURES:
+        raise ValueError(f"unknown VAE architecture {arch!r}; choose from {', '.join(VAE_ARCHITECTURES)}")
+
+# ======================================================================= end of VAE (issue 7) ====

@@ -1,0 +1,59 @@
+"""The binary-vs-vae experiment's smoke preset on the fake MNIST: files, finite metrics, shapes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from experiments import REGISTRY, run_experiment
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_registered():
+    exp = REGISTRY["binary-vs-vae"]
+    assert exp.order == 9 and set(exp.presets) == {"smoke", "quick", "paper"}
+    paper = exp.presets["paper"]
+    assert paper.iwae_k == 5000 and paper.n_test is None  # the headline: k = 5000, whole test set
+
+
+def test_smoke_preset_runs_on_fake_mnist(fake_mnist, tmp_path):
+    out = tmp_path / "run"
+    m = run_experiment("binary-vs-vae", preset="smoke", out_dir=out)
+    cfg = REGISTRY["binary-vs-vae"].presets["smoke"]
+    for name in ("binary", "vae"):
+        r = m[name]
+        for key in ("elbo_nats", "elbo_se", "train_seconds", "sample_seconds_per_1000"):
+            assert _finite(r[key]) and r[key] >= 0, (name, key, r[key])
+        assert r["samples"] and all(_finite(v) for v in r["samples"].values())
+        assert r["parameters"] > 0
+    b, v = m["binary"], m["vae"]
+    assert len(b["kl_per_t"]) == cfg.T and all(_finite(k) and k >= 0 for k in b["kl_per_t"])
+    assert b["nfe"] == cfg.T and v["nfe"] == 1
+    # The all-t ELBO is its parts; an untrained model is near 784 log 2 = 543 nats per image.
+    assert b["elbo_nats"] == pytest.approx(b["prior_kl"] + sum(b["kl_per_t"]), rel=1e-9)
+    assert 100 < b["elbo_nats"] < 2000 and 100 < v["elbo_nats"] < 2000
+    assert _finite(v["iwae_nll"]) and v["iwae_k"] == cfg.iwae_k
+    assert m["n_test"] == cfg.n_test and m["n_train"] == cfg.n_train
+    files = {p.name for p in out.iterdir()}
+    assert {"report.md", "metrics.json", "config.json", "log.jsonl", "samples.png", "chain.png", "curves.png",
+            "kl_per_t.png"} <= files
+    assert not any(f.endswith(".ckpt") for f in files)
+    report = (out / "report.md").read_text()
+    assert "86.76" in report and "84.78" in report and "![samples](samples.png)" in report
+    assert json.loads((out / "metrics.json").read_text())["binary"]["elbo_nats"] == b["elbo_nats"]
+    runs = {json.loads(s)["run"] for s in (out / "log.jsonl").read_text().splitlines()}
+    assert runs == {"binary", "vae"}  # both trained through the one Trainer
+
+
+def test_stochastic_binarisation_option(fake_mnist, tmp_path):
+    m = run_experiment("binary-vs-vae", preset="smoke", out_dir=tmp_path,
+                       overrides=["binarisation=stochastic", "steps=1"])
+    assert m["dataset"] == "mnist-binary-stochastic" and _finite(m["binary"]["elbo_nats"])
+    with pytest.raises(ValueError, match="threshold, stochastic"):
+        run_experiment("binary-vs-vae", preset="smoke", out_dir=tmp_path, overrides=["binarisation=otsu"])

@@ -1,0 +1,1 @@
+"""Binary bit-flip diffusion on {-1, +1} images (SPEC section 2)."""

@@ -1,0 +1,121 @@
+"""The bit-flip diffusion formulation (SPEC section 2) behind the trainer interface (SPEC 8).
+
+Time convention: 1-based steps ``t = 1..T``; the network sees ``t / T`` in [0, 1]. Data are
+binarised MNIST images ``Y_0`` in ``{-1, +1}`` of shape ``(B, 1, 28, 28)``. The U-Net gives one
+logit per pixel: either of ``Q_t = P_theta(Y_{t-1} = +1 | Y_t)`` directly (``posterior``, the
+seed's model) or of ``P_theta(Y_0 = +1 | Y_t)``, turned into ``Q_t`` by marginalising the
+posterior (``x0``).
+
+- ``loss(batch)``: BCE against the posterior probability at ``t ~ Uniform{1..T}`` (summed over
+  pixels, mean over the batch); logs the KL (= BCE - target entropy) and the one-t unbiased
+  estimate of the ELBO in nats.
+- ``nll(batch)``: the ELBO in nats per image with every t evaluated (an upper bound on -log p).
+- ``sample(n)``: ancestral sampling from fair coins, T network evaluations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from zoo.binary import bitflip
+from zoo.binary.schedules import constant_for_kappa_T, make_deltas
+from zoo.common.nets import UNet, UNetConfig
+
+IMAGE_SHAPE = (1, 28, 28)
+BINARY_DATASETS = ("mnist-binary", "mnist-binary-stochastic")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: str = "mnist-binary"  # or "mnist-binary-stochastic"
+    T: int = 200
+    schedule: str = "constant"  # constant | linear | cosine (zoo/binary/schedules.py)
+    delta: float | None = None  # constant schedule; None: the delta giving kappa_T below
+    kappa_T: float = 1e-3
+    delta_1: float = 1e-3  # linear schedule
+    delta_T: float = 0.1
+    s: float = 0.008  # cosine schedule
+    parameterisation: str = "posterior"  # posterior (logits of Q_t) | x0 (logits of P(Y_0 = +1))
+    channels: tuple[int, ...] = (32, 64, 128)
+    blocks_per_level: int = 1
+    embed_dim: int = 128
+    groups: int = 8
+    eval_batch: int = 2048  # network inputs per call when evaluating the all-t ELBO
+
+
+def _deltas(cfg: Config) -> torch.Tensor:
+    kw = {
+        "constant": lambda: {"delta": cfg.delta if cfg.delta is not None else constant_for_kappa_T(cfg.T, cfg.kappa_T)},
+        "linear": lambda: {"delta_1": cfg.delta_1, "delta_T": cfg.delta_T},
+        "cosine": lambda: {"s": cfg.s},
+    }
+    if cfg.schedule not in kw:
+        raise ValueError(f"unknown delta schedule {cfg.schedule!r}; choose from {', '.join(kw)}")
+    return make_deltas(cfg.schedule, cfg.T, **kw[cfg.schedule]())
+
+
+def _posterior_logits(out: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """The network's output already is the logit of Q_t."""
+    return out
+
+
+PARAMETERISATIONS = {"posterior": _posterior_logits, "x0": bitflip.x0_to_logits}
+
+
+class BitFlipDiffusion(nn.Module):
+    """Bit-flip diffusion on {-1, +1} images with a U-Net reverse model."""
+
+    def __init__(self, cfg: Config = Config()):
+        super().__init__()
+        if cfg.data not in BINARY_DATASETS:
+            raise ValueError(f"bit-flip diffusion needs binary data; choose data from {', '.join(BINARY_DATASETS)}")
+        if cfg.parameterisation not in PARAMETERISATIONS:
+            raise ValueError(f"unknown parameterisation {cfg.parameterisation!r}; "
+                             f"choose from {', '.join(PARAMETERISATIONS)}")
+        self.cfg, self.T = cfg, cfg.T
+        self.register_buffer("deltas", _deltas(cfg), persistent=False)  # (T,) float64
+        self._to_logits = PARAMETERISATIONS[cfg.parameterisation]
+        self.net = UNet(UNetConfig(channels=tuple(cfg.channels), blocks_per_level=cfg.blocks_per_level,
+                                   embed_dim=cfg.embed_dim, groups=cfg.groups, in_channels=1, out_channels=1))
+
+    @property
+    def nfe(self) -> int:
+        """Network evaluations per sample."""
+        return self.T
+
+    def logits(self, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Logits of Q_t = P_theta(Y_{t-1} = +1 | Y_t), t a long tensor (B,)."""
+        out = self.net(y_t, t.float() / self.T)  # (B, 1, 28, 28)
+        return self._to_logits(out, y_t, t, self.deltas)
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """BCE against the posterior probability (SPEC 2), t ~ Uniform{1..T}; logs KL and ELBO estimate."""
+        y0 = batch[0]
+        t = torch.randint(1, self.T + 1, (y0.shape[0],), device=y0.device)
+        y_t = bitflip.q_sample(y0, t, self.deltas)
+        terms = bitflip.step_terms(self.logits(y_t, t), y_t, y0, t, self.deltas)
+        elbo_est = bitflip.prior_kl(y0, self.deltas) + self.T * terms["kl"].detach()
+        return {"loss": terms["bce"].mean(), "kl": terms["kl"].detach().mean(), "elbo_est": elbo_est.mean()}
+
+    @torch.no_grad()
+    def elbo(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The all-t ELBO terms of `bitflip.elbo_all_t`: prior (B,), kl (B, T), total (B,) in nats."""
+        return bitflip.elbo_all_t(self.logits, batch[0], self.deltas, generator, self.cfg.eval_batch)
+
+    def nll(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+        """The ELBO bound on -log p(Y_0) in nats per image (B,), every t evaluated."""
+        return self.elbo(batch, generator)["total"]
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+        """n images in {-1, +1} (n, 1, 28, 28) by ancestral sampling from fair coins."""
+        device = self.deltas.device
+        y_T = bitflip.fair_coins((n, *IMAGE_SHAPE), generator=generator, device=device)
+        return bitflip.ancestral_sample(self.logits, y_T, self.T, generator=generator, callback=callback)
+
+
+def build(cfg: Config) -> BitFlipDiffusion:
+    return BitFlipDiffusion(cfg)

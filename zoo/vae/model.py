@@ -1,0 +1,190 @@
+"""The VAE baseline (SPEC section 4) behind the trainer interface (SPEC 8).
+
+Symbols: data ``x`` (B, 1, 28, 28) in the dataset's view, latent ``z`` (B, L), encoder
+``q(z | x) = N(mu(x), diag exp(logvar(x)))``, prior ``p(z) = N(0, I)``, decoder ``p(x | z)``:
+
+- ``bernoulli`` on binarised data (``{-1, +1}``; pixel ``(x + 1)/2`` ~ Bernoulli(sigmoid(logit))),
+  log-likelihoods in nats per image, directly comparable with the bit-flip diffusion's ELBO;
+- ``gaussian`` on grey data (``mnist-unit`` or ``mnist-grey``): N(mean, sigma^2) per pixel with one
+  learned (or fixed) sigma. Its values are densities of continuous pixels, not comparable with
+  the discrete likelihoods above.
+
+- ``loss(batch)``: -ELBO = -log p(x | z) + KL(q(z | x) || N(0, I)), one reparameterised z per image.
+- ``nll(batch)``: the IWAE estimate -log (1/k) sum_i p(x, z_i)/q(z_i | x) with k = ``iwae_k``
+  importance samples (Burda et al. 2016), batched over k; an upper bound on -log p(x) whose
+  expectation decreases to it as k grows.
+- ``sample(n)``: decode z ~ N(0, I), then draw the pixels (``mean=True``: the decoder's mean).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zoo.common.nets import VAEDecoder, VAEEncoder
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: str = "mnist-binary"  # binary views with bernoulli; mnist-unit / mnist-grey with gaussian
+    likelihood: str = "bernoulli"  # bernoulli | gaussian
+    arch: str = "conv"  # conv | mlp (zoo/common/nets.py, VAE section)
+    latent_dim: int = 32
+    hidden: int = 256
+    channels: tuple[int, ...] = (32, 64)
+    gaussian_sigma: float | None = None  # gaussian likelihood: None learns one sigma
+    iwae_k: int = 5000  # importance samples of nll()
+    eval_batch: int = 16384  # decoder inputs per call in the IWAE estimate
+
+
+# --------------------------------------------------------------------------- equations
+
+
+def kl_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag e^logvar) || N(0, I)) = 1/2 sum (mu^2 + e^logvar - 1 - logvar), per example (B,)."""
+    return 0.5 * (mu.double() ** 2 + logvar.double().exp() - 1 - logvar.double()).sum(-1)
+
+
+def log_normal(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mu, diag e^logvar), summed over the last dim."""
+    z, mu, logvar = z.double(), mu.double(), logvar.double()
+    return -0.5 * (((z - mu) ** 2) * torch.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+def _per_example(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1).sum(1)  # (B,)
+
+
+class Bernoulli(nn.Module):
+    """p(x | z) = prod_j Bernoulli((x_j + 1)/2; sigmoid(logit_j)) on {-1, +1} pixels."""
+
+    datasets = ("mnist-binary", "mnist-binary-stochastic")
+
+    def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        target = (x.double() + 1) / 2
+        return -_per_example(F.binary_cross_entropy_with_logits(out.double(), target, reduction="none"))
+
+    def sample(self, out: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
+        q = torch.sigmoid(out.float())
+        if mean:
+            return 2 * q - 1  # E[x] in the {-1, +1} view
+        return torch.where(torch.rand(q.shape, generator=generator, device=q.device) < q, 1.0, -1.0)
+
+
+class Gaussian(nn.Module):
+    """p(x | z) = prod_j N(x_j; mean_j, sigma^2), one sigma (learned unless fixed)."""
+
+    datasets = ("mnist-unit", "mnist-grey")
+
+    def __init__(self, sigma: float | None):
+        super().__init__()
+        init = torch.tensor(math.log(sigma if sigma is not None else 0.1))
+        self.log_sigma = nn.Parameter(init, requires_grad=sigma is None)
+
+    def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        ls = self.log_sigma.double()
+        return _per_example(-0.5 * ((x.double() - out.double()) * torch.exp(-ls)) ** 2 - ls - 0.5 * LOG_2PI)
+
+    def sample(self, out: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
+        if mean:
+            return out.float()
+        eps = torch.randn(out.shape, generator=generator, device=out.device)
+        return out.float() + self.log_sigma.exp().detach() * eps
+
+
+LIKELIHOODS = {"bernoulli": lambda cfg: Bernoulli(), "gaussian": lambda cfg: Gaussian(cfg.gaussian_sigma)}
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class VAE(nn.Module):
+    """Gaussian encoder, Bernoulli or Gaussian decoder, standard normal prior."""
+
+    def __init__(self, cfg: Config = Config()):
+        super().__init__()
+        if cfg.likelihood not in LIKELIHOODS:
+            raise ValueError(f"unknown likelihood {cfg.likelihood!r}; choose from {', '.join(LIKELIHOODS)}")
+        self.cfg = cfg
+        self.likelihood = LIKELIHOODS[cfg.likelihood](cfg)
+        if cfg.data not in self.likelihood.datasets:
+            raise ValueError(f"the {cfg.likelihood} likelihood needs data from {', '.join(self.likelihood.datasets)}, "
+                             f"got {cfg.data!r}")
+        kw = dict(arch=cfg.arch, latent_dim=cfg.latent_dim, hidden=cfg.hidden, channels=tuple(cfg.channels))
+        self.encoder = VAEEncoder(**kw)
+        self.decoder = VAEDecoder(**kw)
+
+    @property
+    def nfe(self) -> int:
+        """Network (decoder) evaluations per sample."""
+        return 1
+
+    def _prior_z(self, shape, generator, device) -> torch.Tensor:
+        return torch.randn(shape, generator=generator, device=device)
+
+    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """One reparameterised z ~ q(z | x): recon = -log p(x | z), kl, neg_elbo = recon + kl (B,) nats."""
+        mu, logvar = self.encoder(x)  # (B, L) each
+        z = mu + torch.exp(0.5 * logvar) * self._prior_z(mu.shape, generator, mu.device)
+        recon = -self.likelihood.log_prob(x, self.decoder(z))
+        kl = kl_standard_normal(mu, logvar)
+        return {"recon": recon, "kl": kl, "neg_elbo": recon + kl}
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """-ELBO (SPEC 4), mean over the batch; logs its two parts."""
+        terms = self.elbo_terms(batch[0])
+        return {"loss": terms["neg_elbo"].mean(), "recon": terms["recon"].detach().mean(),
+                "kl": terms["kl"].detach().mean()}
+
+    @torch.no_grad()
+    def neg_elbo(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        """-ELBO per example (B,), the reconstruction term averaged over `samples` draws of z."""
+        return torch.stack([self.elbo_terms(x, generator)["neg_elbo"] for _ in range(samples)]).mean(0)
+
+    @torch.no_grad()
+    def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                    max_batch: int | None = None) -> torch.Tensor:
+        """log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x), z_i ~ q(z | x), i = 1..k: (B, k) float64.
+        The decoder sees at most `max_batch` latents per call (chunks over k)."""
+        B = x.shape[0]
+        chunk = max(1, (max_batch or self.cfg.eval_batch) // B)
+        mu, logvar = self.encoder(x)  # (B, L)
+        out = torch.empty(B, k, dtype=torch.float64, device=x.device)
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            eps = self._prior_z((n, *mu.shape), generator, mu.device)  # (n, B, L)
+            z = mu + torch.exp(0.5 * logvar) * eps
+            flat = z.reshape(n * B, -1)  # (n * B, L), chunk-major
+            x_rep = x.repeat(n, *([1] * (x.ndim - 1)))  # (n * B, ...)
+            log_px = self.likelihood.log_prob(x_rep, self.decoder(flat)).view(n, B)
+            log_pz = log_normal(z, torch.zeros_like(mu), torch.zeros_like(logvar))  # (n, B)
+            log_qz = log_normal(z, mu, logvar)  # (n, B)
+            out[:, start:start + n] = (log_px + log_pz - log_qz).T
+        return out
+
+    def iwae_nll(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                 max_batch: int | None = None) -> torch.Tensor:
+        """-log (1/k) sum_i w_i per example (B,) in nats (Burda et al. 2016, eq. 8); k = 1 is -ELBO."""
+        lw = self.log_weights(x, k, generator, max_batch)
+        return -(torch.logsumexp(lw, dim=1) - math.log(k))
+
+    def nll(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator | None = None) -> torch.Tensor:
+        """IWAE NLL with k = cfg.iwae_k importance samples, nats per example (B,)."""
+        return self.iwae_nll(batch[0], self.cfg.iwae_k, generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
+        """n images in the data view from z ~ N(0, I); `mean=True` gives the decoder's mean instead of a draw."""
+        device = next(self.parameters()).device
+        z = self._prior_z((n, self.cfg.latent_dim), generator, device)
+        return self.likelihood.sample(self.decoder(z), generator, mean)
+
+
+def build(cfg: Config) -> VAE:
+    return VAE(cfg)
