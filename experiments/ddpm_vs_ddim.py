@@ -129,7 +129,7 @@ def run(cfg: DdpmVsDdimConfig, ctx: RunContext) -> dict:
 PRESETS = {
     "smoke": DdpmVsDdimConfig(channels=(8, 16), T=100, n_train=128, epochs=1, batch_size=64, ema_decay=0.0,
                               n_samples=16, sample_batch=16, ddim_steps=(5, 10), compare_steps=5),
-    "quick": DdpmVsDdimConfig(channels=(16, 32), n_train=None, epochs=1, max_steps=1200, batch_size=128, lr=2e-3,
+    "quick": DdpmVsDdimConfig(channels=(16, 32), n_train=None, epochs=3, max_steps=None, batch_size=128, lr=2e-3,
                               ema_decay=0.99, n_samples=128, sample_batch=128),
     "paper": DdpmVsDdimConfig(),
 }
