@@ -123,6 +123,14 @@ def train_gaussian_mnist(ctx: RunContext, tag: str, *, channels: tuple[int, ...]
     return trainer, model
 
 
+def train_on_budget(ctx: RunContext, budget: MnistBudget, tag: str = "unet"):
+    """train_gaussian_mnist with the fields of a MnistBudget; returns (trainer, model)."""
+    return train_gaussian_mnist(
+        ctx, tag, channels=budget.channels, T=budget.T, n_train=budget.n_train, epochs=budget.epochs,
+        max_steps=budget.max_steps, batch_size=budget.batch_size, lr=budget.lr, ema_decay=budget.ema_decay,
+        log_every=10)
+
+
 def step_curve(trainer: Trainer, key: str = "loss") -> tuple[list[int], list[float]]:
     """(steps, values) of `key` from a trainer's per-step log lines."""
     rows = [r for r in trainer.history if r["kind"] == "step" and key in r]

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments._shared import (MnistBudget, counted_sampling, loss_figure, total_variation, train_gaussian_mnist,
-                                 unit)
+from experiments._shared import MnistBudget, counted_sampling, loss_figure, total_variation, train_on_budget, unit
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist
@@ -59,9 +58,7 @@ def _fid_nfe_figure(ctx: RunContext, rows: list[dict], T: int) -> str:
 
 
 def run(cfg: DdpmVsDdimConfig, ctx: RunContext) -> dict:
-    trainer, model = train_gaussian_mnist(
-        ctx, "unet", channels=cfg.channels, T=cfg.T, n_train=cfg.n_train, epochs=cfg.epochs,
-        max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay, log_every=10)
+    trainer, model = train_on_budget(ctx, cfg)
     proc = model.process
     x_T = torch.randn((cfg.n_samples, 1, 28, 28), generator=torch.Generator().manual_seed(ctx.seed + 1))
 

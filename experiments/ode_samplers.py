@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments._shared import (MnistBudget, counted_sampling, loss_figure, total_variation, train_gaussian_mnist,
-                                 unit)
+from experiments._shared import MnistBudget, counted_sampling, loss_figure, total_variation, train_on_budget, unit
 from experiments.plotting import image_grid, markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist
@@ -70,9 +69,7 @@ def _curves_figure(ctx: RunContext, rows: list[dict], floor: dict) -> str:
 
 
 def run(cfg: OdeSamplersConfig, ctx: RunContext) -> dict:
-    trainer, model = train_gaussian_mnist(
-        ctx, "unet", channels=cfg.channels, T=cfg.T, n_train=cfg.n_train, epochs=cfg.epochs,
-        max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr, ema_decay=cfg.ema_decay, log_every=10)
+    trainer, model = train_on_budget(ctx, cfg)
     x_T = torch.randn((cfg.n_samples, 1, 28, 28), generator=torch.Generator().manual_seed(ctx.seed + 1))
 
     rows, grids, nfes = [], {}, {}
