@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from zoo.common.utils import randn
 from zoo.gaussian.process import REVERSE_VARIANCES, VPProcess
 
 BIN_WIDTH = 2.0 / 255.0  # 8-bit data in [-1, 1]
@@ -62,9 +63,9 @@ DECODERS = {"discretized": discretized_gaussian_log_likelihood, "gaussian": gaus
 
 def prior_kl(process: VPProcess, x0: torch.Tensor) -> torch.Tensor:
     """L_T = KL(N(sqrt(alpha_bar_T) x0, (1 - alpha_bar_T) I) || N(0, I)), summed per example. (B,)"""
-    ab = process.alpha_bars[-1]
-    kl = normal_kl(ab.sqrt() * x0.double(), (1 - ab).expand_as(x0), torch.zeros((), dtype=torch.float64),
-                   torch.ones((), dtype=torch.float64))
+    ab = process.table("alpha_bars", x0.device)[-1]  # on the data's device: (1 - ab) is expanded to x0
+    x0 = x0.double()
+    kl = normal_kl(ab.sqrt() * x0, (1 - ab).expand_as(x0), torch.zeros_like(x0), torch.ones_like(x0))
     return kl.flatten(1).sum(1)
 
 
@@ -89,8 +90,7 @@ def elbo_terms(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pro
         steps = torch.arange(start, min(start + per_call, T + 1), device=x0.device)  # (k,)
         t = steps.repeat_interleave(B)  # (k B,)
         x0_k = x0.repeat(len(steps), *([1] * (x0.ndim - 1)))  # (k B, ...)
-        noise_device = generator.device if generator is not None else x0.device
-        eps = torch.randn(x0_k.shape, generator=generator, dtype=x0.dtype, device=noise_device).to(x0.device)
+        eps = randn(x0_k.shape, generator, x0.device, x0.dtype)
         x_t = process.q_sample(x0_k, t, eps)
         mu_theta = process.mean_from_eps(eps_fn(x_t, t), x_t, t).double()
         terms[:, start - 1:start - 1 + len(steps)] = _step_terms(
@@ -109,12 +109,11 @@ def _step_terms(process: VPProcess, x0: torch.Tensor, x_t: torch.Tensor, t: torc
     first = t == 1
     # t >= 2: closed-form KL; at t = 1 beta_tilde = 0, so give it a harmless value there.
     safe_bt = torch.where(beta_tilde > 0, beta_tilde, sigma2)
-    out = normal_kl(mu_tilde, safe_bt.expand_as(x0), mu_theta, sigma2).flatten(1).sum(1)
-    if bool(first.any()):
-        # t = 1: -log p(x0 | x_1) with std sqrt(beta_1).
-        std1 = process.betas[0].sqrt().to(x0.device)
-        out[first] = -DECODERS[decoder](x0[first], mu_theta[first], std1).flatten(1).sum(1)
-    return out
+    kl = normal_kl(mu_tilde, safe_bt.expand_as(x0), mu_theta, sigma2).flatten(1).sum(1)
+    # t = 1: -log p(x0 | x_1) with std sqrt(beta_1); selected without a host round-trip.
+    std1 = process.table("betas", x0.device)[:1].sqrt()
+    nll0 = -DECODERS[decoder](x0, mu_theta, std1).flatten(1).sum(1)
+    return torch.where(first, nll0, kl)
 
 
 def bits_per_dim(nats: torch.Tensor, dims: int) -> torch.Tensor:

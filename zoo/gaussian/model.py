@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from zoo.common.nets import build_net
+from zoo.common.utils import module_device, randn, to_device
 from zoo.formulations import DATASETS
 from zoo.gaussian import losses as L
 from zoo.gaussian.likelihood import elbo_terms
@@ -147,6 +148,7 @@ class GaussianDiffusion(nn.Module):
 
     def loss(self, batch) -> dict[str, torch.Tensor]:
         """Mean over the batch of the per-example loss; t ~ U{1..T}, labels dropped to null at random."""
+        batch = to_device(batch, module_device(self))
         x0 = batch[0]
         y = None
         if self.cfg.num_classes:
@@ -168,13 +170,14 @@ class GaussianDiffusion(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, variance: str | None = None,
                method: str | None = None, w: float | None = None, labels: torch.Tensor | None = None,
-               callback=None) -> torch.Tensor:
+               callback=None, x_T: torch.Tensor | None = None) -> torch.Tensor:
         """n samples in the data view ((n, 1, 28, 28) in [-1, 1] for MNIST, (n, 2) for toys).
 
+        Starts from the given noise `x_T` (moved to the model's device) or draws it from `generator`.
         Unset options fall back to the config. A conditional model with no `labels` is guided
         towards labels 0, 1, ..., num_classes - 1 in turn.
         """
-        cfg, dev = self.cfg, next(self.parameters()).device
+        cfg, dev = self.cfg, module_device(self)
         sampler = sampler or cfg.sampler
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
@@ -182,7 +185,7 @@ class GaussianDiffusion(nn.Module):
             labels = torch.arange(n, device=dev) % cfg.num_classes
         denoiser = self.denoiser(None if labels is None else labels.to(dev), cfg.w if w is None else w,
                                  clip=cfg.clip_x0 and self.discrete)
-        x_T = torch.randn((n, *self.shape), generator=generator).to(dev)
+        x_T = randn((n, *self.shape), generator, dev) if x_T is None else x_T.to(dev)
         steps = steps or cfg.steps or 50
         kw = {
             "ddpm": lambda: dict(variance=variance or cfg.variance, generator=generator),
@@ -207,7 +210,7 @@ class GaussianDiffusion(nn.Module):
         """The per-term breakdown of the bound (likelihood.elbo_terms), unconditional."""
         was_training = self.training
         self.eval()
-        out = elbo_terms(self.denoiser(), self.process, batch[0], variance=variance or self.cfg.nll_variance,
+        out = elbo_terms(self.denoiser(), self.process, batch[0].to(module_device(self)), variance=variance or self.cfg.nll_variance,
                          decoder="discretized" if self.discrete else "gaussian", max_batch=max_batch,
                          generator=generator)
         self.train(was_training)
