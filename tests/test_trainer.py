@@ -88,6 +88,18 @@ def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
+def test_nan_guard_without_a_host_sync_per_step(tmp_path):
+    """The guard is a device-side flag read at log and checkpoint boundaries: with log_every = 50 the
+    step-9 blow-up is found at the end of epoch 2 (step 12), reported as step 9, and never saved."""
+    tr = Trainer(Regress(blowup_at=9), _data(), _cfg(log_every=50), out_dir=tmp_path)
+    with pytest.raises(NonFiniteLoss, match="at step 9 ") as e:
+        tr.fit()
+    assert "grad_clip (now 1)" in str(e.value) and tr.step == 12
+    ckpt = load_checkpoint(tmp_path / "train.ckpt")
+    assert ckpt["step"] == 6 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert all(r["step"] <= 6 for r in tr.history)  # nothing non-finite was logged either
+
+
 def test_checkpoint_errors_are_one_line(tmp_path):
     tr = Trainer(Regress(), _data(), _cfg(max_steps=2), out_dir=tmp_path)
     tr.fit()

@@ -70,10 +70,12 @@ class TrainConfig:
     progress: bool | None = None  # None: a bar only when stderr is a TTY
 
 
+# Fused kernels on CUDA (one launch for all parameters); on the CPU torch's default (foreach).
 OPTIMIZERS: dict[str, Callable] = {
-    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay),
-    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay),
-    "sgd": lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay),
+    "adam": lambda groups, c, fused: torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused),
+    "adamw": lambda groups, c, fused: torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused),
+    "sgd": lambda groups, c, fused: torch.optim.SGD(groups, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay,
+                                                    fused=fused),
 }
 
 
@@ -126,11 +128,15 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
+        floats, targets = [], []
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.detach(), 1 - d)
+                floats.append(self.shadow[k])
+                targets.append(v)
             else:
                 self.shadow[k].copy_(v)
+        if floats:
+            torch._foreach_lerp_(floats, targets, 1 - d)  # one fused launch for every tensor
         self.updates += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -169,7 +175,7 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         seed_everything(cfg.seed + self.rank)
         self.model = model.to(self.device)
-        self.train_data = tuple(train_data)
+        self.train_data = _resident(tuple(train_data), self.device)
         self.val_data = tuple(val_data) if val_data is not None else None
         n = len(self.train_data[0]) // self.world
         self.steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch
@@ -179,7 +185,7 @@ class Trainer:
         groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else model.parameters()
         if cfg.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg)
+        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, True if self.device.type == "cuda" else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.epochs * self.steps_per_epoch))
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
@@ -190,6 +196,10 @@ class Trainer:
             self.wrapped = nn.parallel.DistributedDataParallel(self.wrapped, device_ids=ids)
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
+        # The NaN/inf guard lives on the device: the first step whose loss was not finite (-1: none),
+        # read at log and checkpoint boundaries only, so a step never waits for the host.
+        self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._step_on_device = torch.zeros((), dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ paths and logging
 
@@ -212,12 +222,24 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def _permutation(self, epoch: int) -> torch.Tensor:
+        """Epoch `epoch`'s order of this rank's examples, drawn on the CPU, placed beside the data."""
         gen = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
         perm = torch.randperm(len(self.train_data[0]), generator=gen)
-        return perm[self.rank::self.world]
+        return perm[self.rank::self.world].to(self.train_data[0].device)
 
     def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(d[idx].to(self.device, non_blocking=True) for d in self.train_data)
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteLoss if any step so far had a NaN or infinite loss (one host sync)."""
+        first = int(self._first_bad)
+        if first < 0:
+            return
+        where = f" ({self.ckpt_path} keeps the last good state)" if self.ckpt_path and self.ckpt_path.exists() else ""
+        advice = "lower the learning rate" + (" or enable grad_clip" if self.cfg.grad_clip is None else
+                                              f" or grad_clip (now {self.cfg.grad_clip:g})")
+        raise NonFiniteLoss(f"loss became NaN or infinite at step {first} of {self.tag}{where}; {advice}, "
+                            f"then resume")
 
     def _autocast(self):
         enabled = self.cfg.amp and self.device.type == "cuda"
@@ -230,6 +252,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (show and self.is_main),
                    desc=self.tag, dynamic_ncols=True, leave=False)
         self.model.train()
+        self._step_on_device.fill_(self.step)
         while self.step < self.total_steps:
             epoch, start = divmod(self.step, spe)
             perm = self._permutation(epoch)
@@ -244,12 +267,15 @@ class Trainer:
                 count += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    self.check_finite()
                     logged = {k: float(v) for k, v in out.items()}
                     self._log({"kind": "step", "step": self.step, "epoch": epoch,
                                "lr": self.scheduler.get_last_lr()[0], **logged})
                     bar.set_postfix(loss=f"{logged['loss']:.4g}")
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.check_finite()
                     self.save()
+            self.check_finite()  # never log or save a non-finite state
             seconds = time.perf_counter() - t0
             self.train_seconds += seconds
             finished_epoch = self.step % spe == 0
@@ -267,10 +293,9 @@ class Trainer:
         with self._autocast():
             out = self.wrapped(batch)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            where = f" ({self.ckpt_path} keeps the last good state)" if self.ckpt_path and self.ckpt_path.exists() else ""
-            raise NonFiniteLoss(f"loss became {loss.item()} at step {self.step + 1} of {self.tag}{where}; "
-                                f"lower the learning rate or enable grad_clip")
+        self._step_on_device += 1
+        newly_bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
+        self._first_bad = torch.where(newly_bad, self._step_on_device, self._first_bad)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.grad_clip is not None:
@@ -319,7 +344,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def state_dict(self) -> dict[str, Any]:
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states (rank order): each rank draws its own t and noise, and resumes them."""
+        state = rng_state()
+        if self.world == 1:
+            return [state]
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, state)
+        return states
+
+    def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        rng_states = rng_states if rng_states is not None else self._rng_states()
         return {
             "format": CHECKPOINT_FORMAT,
             "model_class": type(self.model).__name__,
@@ -332,15 +367,19 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "train_seconds": self.train_seconds,
-            "rng": rng_state(),
+            "rng": rng_states[0],
+            "rng_ranks": rng_states,
         }
 
     def save(self, path: str | Path | None = None) -> Path | None:
         """Write the checkpoint atomically (temp file + rename); only rank 0 writes."""
         path = Path(path) if path is not None else self.ckpt_path
-        if path is None or not self.is_main:
+        if path is None:
             return None
-        state = self.state_dict()
+        rng_states = self._rng_states()  # a collective: every rank takes part, rank 0 writes
+        if not self.is_main:
+            return None
+        state = self.state_dict(rng_states)
         atomic_write_bytes(path, lambda f: torch.save(state, f))
         return path
 
@@ -362,7 +401,11 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
-        set_rng_state(ckpt["rng"])
+        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(ranks) != self.world:
+            raise CheckpointError(f"{path} was written by {len(ranks)} process(es); resume it with as many, "
+                                  f"not {self.world}")
+        set_rng_state(ranks[self.rank])
         return self
 
 
@@ -383,6 +426,16 @@ class _SwapWeights:
             self.model.load_state_dict(self.saved)
         self.model.train(self.was_training)
         return False
+
+
+def _resident(data: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The training tensors on the device when they take under a quarter of its free memory (else left
+    on the host and moved batch by batch): no host-to-device copy per step."""
+    if device.type != "cuda":
+        return data
+    free, _ = torch.cuda.mem_get_info(device)
+    size = sum(d.numel() * d.element_size() for d in data)
+    return tuple(d.to(device) for d in data) if size < free / 4 else data
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
