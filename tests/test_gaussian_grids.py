@@ -137,36 +137,89 @@ def test_zero_snr_process_at_t_T(zsnr):
     assert zsnr.beta_tildes[-1].item() == pytest.approx(1 - zsnr.alpha_bars[-2].item(), rel=1e-12)
 
 
-ZSNR_CASES = {
-    "ddpm": lambda d, p, x, g, k: samplers.ddpm(d, p, x, generator=g, prediction=k),
-    "ddim-1000-eta1": lambda d, p, x, g, k: samplers.ddim(d, p, x, 1000, eta=1.0, generator=g, prediction=k),
-    "ddim-trailing-200": lambda d, p, x, g, k: samplers.ddim(d, p, x, 200, spacing="trailing", prediction=k),
-    "ode-heun-trailing-100": lambda d, p, x, g, k: samplers.ode(d, p, x, 100, method="heun", spacing="trailing",
-                                                                prediction=k),
-    "ode-euler-linspace-200": lambda d, p, x, g, k: samplers.ode(d, p, x, 200, spacing="linspace", prediction=k),
+def _affine_moments(process: VPProcess, grid: list[int], kind: str, eta: float = 0.0) -> tuple[float, float]:
+    """Mean and std of a sampler's output from x_T ~ N(0, 1) with the exact denoiser of N(M, S^2), by hand.
+
+    The exact x0_hat = M + k (x - a M), k = a S^2/(a^2 S^2 + b^2), is affine in x, so each step is
+    x' = A x + C + sig z and the moments follow E' = A E + C, Var' = A^2 Var + sig^2 exactly:
+    'ddim' is Song et al. eq. 12 on `grid`, 'ddpm' is Ho et al.'s step with beta_tilde, the
+    posterior mean mu_tilde(x0_hat, x).
+    """
+    ab_all = np.cumprod(1 - process.betas.numpy())
+    E, V = 0.0, 1.0
+    steps = sorted(grid, reverse=True)
+    for i, t in enumerate(steps):
+        ab = ab_all[t - 1]
+        ab_prev = ab_all[steps[i + 1] - 1] if i + 1 < len(steps) else 1.0
+        a, b, a_prev = math.sqrt(ab), math.sqrt(1 - ab), math.sqrt(ab_prev)
+        k = a * S * S / (a * a * S * S + b * b)
+        x0_of = lambda x: M + k * (x - a * M)  # noqa: E731  (affine: apply to E, slope k)
+        if kind == "ddim":
+            sig = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
+            d = math.sqrt(max(1 - ab_prev - sig * sig, 0.0))
+            step = lambda x: a_prev * x0_of(x) + d * (x - a * x0_of(x)) / b  # noqa: E731
+        else:
+            beta = 1 - ab / ab_prev
+            c0, c1 = a_prev * beta / (1 - ab), math.sqrt(1 - beta) * (1 - ab_prev) / (1 - ab)
+            sig = math.sqrt((1 - ab_prev) / (1 - ab) * beta) if i + 1 < len(steps) else 0.0
+            step = lambda x: c0 * x0_of(x) + c1 * x  # noqa: E731
+        A = step(1.0) - step(0.0)
+        E, V = step(E), A * A * V + sig * sig
+    return E, math.sqrt(V)
+
+
+ZSNR_CASES = {  # name: (run, grid, kind of recursion, eta)
+    "ddpm": (lambda d, p, x, g, k: samplers.ddpm(d, p, x, generator=g, prediction=k), "all", "ddpm", 0.0),
+    "ddim-200-eta1": (lambda d, p, x, g, k: samplers.ddim(d, p, x, 200, eta=1.0, generator=g, prediction=k),
+                      "all", "ddim", 1.0),
+    "ddim-trailing-20-eta0.5": (lambda d, p, x, g, k: samplers.ddim(d, p, x, 20, eta=0.5, generator=g,
+                                                                   spacing="trailing", prediction=k),
+                                "trailing", "ddim", 0.5),
+    "ddim-linspace-10": (lambda d, p, x, g, k: samplers.ddim(d, p, x, 10, spacing="linspace", prediction=k),
+                         "linspace", "ddim", 0.0),
 }
 
 
 @pytest.mark.parametrize("name", ZSNR_CASES)
-def test_samplers_start_at_zero_snr(zsnr, name):
-    """Every grid through t = T with alpha_bar_T = 0: finite, x0 and v agree, Gaussian data reproduced.
+def test_samplers_start_at_zero_snr(name):
+    """Every grid through t = T with alpha_bar_T = 0: finite, x0 and v agree, moments as computed by hand.
 
-    With zero terminal SNR x_T ~ N(0, I) is exactly the marginal at T, so no prior mismatch is left;
-    the remaining discretisation error of the std is below 5 standard errors at these step counts.
+    With zero terminal SNR x_T ~ N(0, I) is exactly the marginal at T; what is left is each sampler's
+    own discretisation, which _affine_moments follows exactly, so 5 standard errors suffice.
     """
+    zsnr = VPProcess(rescale_betas_zero_snr(make_betas("linear", 200)))
+    run, spacing, kind, eta = ZSNR_CASES[name]
+    grid = list(range(1, 201)) if spacing == "all" else step_grid(200, int(name.split("-")[2]), spacing).tolist()
+    assert grid[-1] == 200
     n = 20000
-    g = torch.Generator().manual_seed(7)
-    x_T = torch.randn(n, 1, dtype=f64, generator=g)
-    outs = {}
-    for kind in ("v", "x0"):
-        outs[kind] = ZSNR_CASES[name](exact_pred(zsnr, kind), zsnr, x_T, torch.Generator().manual_seed(8), kind)
-        assert bool(torch.isfinite(outs[kind]).all()), kind
+    x_T = torch.randn(n, 1, dtype=f64, generator=torch.Generator().manual_seed(7))
+    outs = {kind_: run(exact_pred(zsnr, kind_), zsnr, x_T, torch.Generator().manual_seed(8), kind_)
+            for kind_ in ("v", "x0")}
+    assert bool(torch.isfinite(outs["v"]).all())
     torch.testing.assert_close(outs["v"], outs["x0"], rtol=1e-9, atol=1e-9)
+    mean, std = _affine_moments(zsnr, grid, kind, eta)
+    if spacing == "all":  # every step: close to the data's N(M, S^2) (coarse grids under-disperse)
+        assert abs(mean - M) < 1e-9 and abs(std - S) < 0.03 * S, (mean, std)
     x0 = outs["v"]
-    assert abs(x0.mean().item() - M) < 5 * S / math.sqrt(n)
-    assert abs(x0.std().item() - S) < 5 * S / math.sqrt(2 * n)
+    assert abs(x0.mean().item() - mean) < 5 * std / math.sqrt(n), (x0.mean().item(), mean)
+    assert abs(x0.std().item() - std) < 5 * std / math.sqrt(2 * n), (x0.std().item(), std)
     with pytest.raises(ZeroSNRError):
-        ZSNR_CASES[name](exact_eps(zsnr, M), zsnr, x_T[:4], torch.Generator().manual_seed(8), "eps")
+        run(exact_eps(zsnr, M), zsnr, x_T[:4], torch.Generator().manual_seed(8), "eps")
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def test_ode_from_zero_snr_converges_to_the_exact_flow(spacing):
+    """At zero SNR the exact flow of N(M, S^2) data maps x_T to M + S x_T (it keeps the z-score, and
+    sqrt(alpha_bar_T) = 0); Euler (= DDIM eta 0) converges to it at order 1, Heun at order 2."""
+    zsnr = VPProcess(rescale_betas_zero_snr(make_betas("linear", 200)))
+    x_T = torch.linspace(-3, 3, 61, dtype=f64)[:, None]
+    for method, order in (("euler", 1), ("heun", 2)):
+        err = [(samplers.ode(exact_pred(zsnr, "v"), zsnr, x_T, n, method=method, spacing=spacing, prediction="v")
+                - (M + S * x_T)).abs().max().item() for n in (10, 20, 40)]
+        ratios = [math.log2(err[i] / err[i + 1]) for i in range(2)]
+        assert all(abs(r - order) < 0.25 for r in ratios), (method, err, ratios)
+    with pytest.raises(ZeroSNRError):
+        samplers.ode(exact_eps(zsnr, M), zsnr, x_T, 10, spacing=spacing)
 
 
 def test_leading_grid_never_reaches_T_so_eps_works_at_zero_snr(zsnr):
