@@ -108,22 +108,27 @@ class VPProcess:
                 raise ValueError(f"unknown prediction {name!r}; choose from {', '.join(PREDICTIONS)}")
         if src == dst:
             return out
-        x0, eps = self.split(out, x_t, t, src)
-        a = self.gather(self.alpha_bars.sqrt(), t, x_t)
-        b = self.gather((1 - self.alpha_bars).sqrt(), t, x_t)
+        a, b = self._scales(t, x_t)
+        x0, eps = self._split(out, x_t, t, src, a, b)
         return _FROM_X0_EPS[dst](x0, eps, a, b)
 
-    def split(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+              prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0_hat, eps_hat) from a prediction of kind 'eps', 'x0' or 'v' given x_t, exactly (SPEC 1).
 
         x0 and v are defined at every t, alpha_bar_t = 0 included; eps raises ZeroSNRError there.
         """
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
+        return self._split(out, x_t, t, prediction, *self._scales(t, x_t))
+
+    def _scales(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)), each (B, 1, ...) in x's dtype."""
+        return self.gather(self.alpha_bars.sqrt(), t, x), self.gather((1 - self.alpha_bars).sqrt(), t, x)
+
+    def _split(self, out, x_t, t, prediction: str, a, b) -> tuple[torch.Tensor, torch.Tensor]:
         if prediction == "eps":
             self._check_eps_invertible(t)
-        a = self.gather(self.alpha_bars.sqrt(), t, x_t)
-        b = self.gather((1 - self.alpha_bars).sqrt(), t, x_t)
         return _TO_X0_EPS[prediction](out, x_t, a, b)
 
     def reverse_mean(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
