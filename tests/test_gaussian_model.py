@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import special
 
 from zoo.common.metrics import sliced_wasserstein
 from zoo.common.trainer import TrainConfig, Trainer
 from zoo.formulations import DATASETS, load_dataset, module
 from zoo.gaussian import losses
-from zoo.gaussian.model import Config, GaussianDiffusion, build
-from zoo.gaussian.process import VPProcess
+from zoo import ZooError
+from zoo.gaussian import samplers
+from zoo.gaussian.model import Config, GaussianConfigError, GaussianDiffusion, build
+from zoo.gaussian.process import VPProcess, ZeroSNRError
 from zoo.gaussian.schedules import make_betas
 
 f64 = torch.float64
@@ -40,7 +44,8 @@ def test_registry_and_config():
     ("schedule", "cubic", "linear, quadratic, sigmoid, cosine"), ("arch", "resnet", "unet, scorenet, mlp"),
     ("sampler", "euler", "ddpm, ddim, ode"), ("variance", "learned", "beta, beta_tilde"),
     ("mm_target", "x0", "posterior, analytic"), ("mm_reduction", "max", "sum, mean"),
-    ("method", "rk4", "euler, heun"), ("data", "cifar", "mnist-grey")])
+    ("method", "rk4", "euler, heun"), ("spacing", "uniform", "leading, trailing, linspace"),
+    ("data", "cifar", "mnist-grey")])
 def test_every_variant_is_validated_at_construction(field, bad, choices):
     with pytest.raises(ValueError, match=f"unknown {field} '{bad}'; choose from {choices}"):
         build(Config(**{field: bad}))
@@ -134,18 +139,132 @@ def test_sampling_is_seeded():
         assert a.shape == (5, 2) and torch.equal(a, b)
 
 
-def test_nll_is_the_sum_of_the_terms(fake_mnist):
+def _toy_net(x_t, tau, y=None):
+    """A fixed 'network' of x_t and tau = t/T (float32, as the model passes it)."""
+    return 0.5 * torch.tanh(x_t) * (1 + tau.to(x_t.dtype).reshape(-1, 1, 1, 1))
+
+
+def _brute_force_bound(x0: np.ndarray, eps: np.ndarray, T: int, beta_T: float, param: str, zero_snr: bool):
+    """Every term of the bound (nats, per example) from the SPEC's formulas, for _toy_net, in numpy.
+
+    x0 (B, D) and the standard normal draws eps (T, B, D) of x_t; reverse variance beta_t; decoder the
+    8-bit bins of N(mu_theta(x_1, 1), beta_1), the edge bins open.
+    """
+    beta = np.linspace(1e-4, beta_T, T)
+    ab = np.cumprod(1 - beta)
+    if zero_snr:  # Lin et al. Alg. 1, by hand
+        a = np.sqrt(ab)
+        ab = ((a - a[-1]) * a[0] / (a[0] - a[-1])) ** 2
+    ab_prev = np.concatenate([[1.0], ab[:-1]])
+    beta = 1 - ab / ab_prev
+    w = 1 / 255  # half a bin
+    kl, decoder = np.zeros((x0.shape[0], T - 1)), None
+    for k in range(T):
+        t = k + 1
+        a, b = np.sqrt(ab[k]), np.sqrt(1 - ab[k])
+        x_t = a * x0 + b * eps[k]
+        tau = np.float64(np.float32(t) / np.float32(T))
+        pred = 0.5 * np.tanh(x_t) * (1 + tau)
+        x0_hat = (x_t - b * pred) / a if param == "eps" else a * x_t - b * pred  # eps or v
+        c0 = np.sqrt(ab_prev[k]) * beta[k] / (1 - ab[k])
+        c1 = np.sqrt(1 - beta[k]) * (1 - ab_prev[k]) / (1 - ab[k])
+        mu_theta = c0 * x0_hat + c1 * x_t
+        if t == 1:
+            sd = np.sqrt(beta[0])
+            lo = np.where(x0 < -1 + w, -np.inf, (x0 - w - mu_theta) / sd)
+            hi = np.where(x0 > 1 - w, np.inf, (x0 + w - mu_theta) / sd)
+            upper = lo > 0  # take the difference in the tail where both CDFs are small
+            p = np.where(upper, special.ndtr(-lo) - special.ndtr(-hi), special.ndtr(hi) - special.ndtr(lo))
+            decoder = -np.log(p).sum(1)
+        else:
+            mu_tilde = c0 * x0 + c1 * x_t
+            bt = (1 - ab_prev[k]) / (1 - ab[k]) * beta[k]
+            kl[:, k - 1] = (0.5 * np.log(beta[k] / bt) + (bt + (mu_tilde - mu_theta) ** 2) / (2 * beta[k]) - 0.5).sum(1)
+    prior = (0.5 * (ab[-1] * x0 ** 2 + (1 - ab[-1]) - 1 - np.log(1 - ab[-1]))).sum(1)
+    return {"prior": prior, "kl": kl, "decoder": decoder, "total": prior + kl.sum(1) + decoder}
+
+
+@pytest.mark.parametrize("param,zero_snr", [("eps", False), ("v", False), ("v", True)])
+def test_nll_against_a_brute_force_bound(fake_mnist, param, zero_snr):
+    """GaussianDiffusion.nll and its terms against _brute_force_bound, on T = 6 and a fixed toy network.
+
+    The test draws the same x_t as the model (elbo_terms: one standard normal per step and example,
+    steps outermost, from the generator given) and computes everything else itself, in float64.
+    """
     from zoo.common.data import load_mnist
 
     x, y = load_mnist("test", view="grey", limit=3)
-    model = tiny_image()
+    x = x.double()
+    T, B = 6, x.shape[0]
+    model = build(Config(arch="unet", channels=(8, 16), T=T, beta_T=0.2, param=param, zero_terminal_snr=zero_snr))
+    model.net.forward = _toy_net
     terms = model.elbo_terms((x, y), generator=torch.Generator().manual_seed(0))
-    assert terms["kl"].shape == (3, 9) and terms["decoder"].shape == (3,)
     nll = model.nll((x, y), generator=torch.Generator().manual_seed(0))
-    assert nll.shape == (3,) and bool(torch.isfinite(nll).all())
-    torch.testing.assert_close(nll, terms["prior"] + terms["kl"].sum(1) + terms["decoder"])
-    # Any model's bound on 784 8-bit pixels is positive and, untrained, well above 1 bit/dim.
-    assert bool((nll / (784 * math.log(2)) > 1).all())
+    eps = torch.randn((T * B, *x.shape[1:]), generator=torch.Generator().manual_seed(0), dtype=f64)
+    ref = _brute_force_bound(x.flatten(1).numpy(), eps.reshape(T, B, -1).numpy(), T, 0.2, param, zero_snr)
+    assert terms["kl"].shape == (B, T - 1) and nll.shape == (B,)
+    for name in ("prior", "kl", "decoder"):
+        np.testing.assert_allclose(terms[name].numpy(), ref[name], rtol=1e-11, atol=1e-11, err_msg=name)
+    np.testing.assert_allclose(nll.numpy(), ref["total"], rtol=1e-11)
+    if zero_snr:
+        assert bool((terms["prior"] == 0).all())  # q(x_T | x0) = N(0, I) exactly
+
+
+@pytest.mark.parametrize("field,bad,choices", [("param", "eps", "x0, v"), ("param", "mean", "x0, v"),
+                                               ("loss", "elbo-eps", "simple"), ("loss", "mean-matching", "simple")])
+def test_zero_terminal_snr_is_validated(field, bad, choices):
+    kw = {"param": "v", field: bad}
+    with pytest.raises(GaussianConfigError, match=f"zero_terminal_snr .*{bad}.*: choose from {choices}"):
+        build(Config(zero_terminal_snr=True, **kw))
+    assert isinstance(GaussianConfigError("x"), ZooError)
+
+
+@pytest.mark.parametrize("param", ["v", "x0"])
+def test_zero_terminal_snr_model_trains_samples_and_bounds_through_t_T(param):
+    model = toy(param=param, zero_terminal_snr=True)
+    p = model.process
+    assert p.alpha_bars[-1].item() == 0 and model.prediction == param
+    # The loss at t = T (x_T = eps) is finite and differentiable.
+    x_t, t = torch.randn(8, 2), torch.full((8,), 20)
+    assert bool(torch.isfinite(model.predict(x_t, t, prediction="x0")).all())
+    out = model.loss((torch.randn(64, 2),))
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    for sampler, spacing in (("ddpm", "leading"), ("ddim", "trailing"), ("ode", "linspace")):
+        seen = []
+        x = model.sample(16, generator=torch.Generator().manual_seed(0), sampler=sampler, steps=5,
+                         spacing=spacing, callback=seen.append)
+        assert seen[0]["t"] == 20 and bool(torch.isfinite(x).all()), sampler
+    nll = model.nll((torch.randn(4, 2),), generator=torch.Generator().manual_seed(0))
+    assert bool(torch.isfinite(nll).all())
+    # The eps denoiser is fine below T and refuses t = T.
+    with pytest.raises(ZeroSNRError, match="choose from x0, v"):
+        samplers.ddim(model.denoiser(), p, torch.randn(4, 2), 5, spacing="trailing")
+
+
+def test_spacing_from_config_and_sample():
+    model = toy(spacing="trailing")
+    for sampler in ("ddim", "ode"):
+        # T = 20, 5 steps: trailing 4, 8, ..., 20 (the config's); leading 1, 5, ..., 17; linspace 1, 6, 11, 15, 20.
+        for spacing, grid in ((None, [20, 16, 12, 8, 4]), ("leading", [17, 13, 9, 5, 1]),
+                              ("linspace", [20, 15, 11, 6, 1])):
+            seen = []
+            model.sample(3, generator=torch.Generator().manual_seed(0), sampler=sampler, steps=5, spacing=spacing,
+                         callback=seen.append)
+            assert [info["t"] for info in seen] == grid, (sampler, spacing)
+    with pytest.raises(GaussianConfigError, match="choose from leading, trailing, linspace"):
+        model.sample(3, sampler="ddim", spacing="even")
+
+
+def test_denoiser_predictions_are_exact_conversions():
+    model = toy(param="v")
+    x_t, t = torch.randn(8, 2, dtype=f64), torch.randint(1, 21, (8,))
+    model.double()
+    v = model.denoiser(prediction="v")(x_t, t)
+    torch.testing.assert_close(model.denoiser(prediction="x0")(x_t, t), model.process.convert(v, x_t, t, "v", "x0"))
+    torch.testing.assert_close(model.denoiser()(x_t, t), model.process.convert(v, x_t, t, "v", "eps"))
+    clipped_x0 = model.denoiser(prediction="x0", clip=True)(x_t * 50, t)
+    assert bool((clipped_x0.abs() <= 1 + 1e-12).all())
 
 
 def test_swiss_roll_training_learns():

@@ -72,12 +72,15 @@ def prior_kl(process: VPProcess, x0: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def elbo_terms(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], process: VPProcess,
                x0: torch.Tensor, variance: str = "beta", decoder: str = "discretized",
-               max_batch: int = 1024, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+               max_batch: int = 1024, generator: torch.Generator | None = None,
+               prediction: str = "eps") -> dict[str, torch.Tensor]:
     """Every term of the bound for each example of x0 (B, ...), in nats per example.
 
     Returns {"prior": (B,), "kl": (B, T - 1) with column t - 2 holding L_{t-1} for t = 2..T,
     "decoder": (B,) = L_0, "total": (B,)}. Several steps are evaluated in one call of
-    ``eps_fn(x_t, t)`` (the eps-denoiser on original steps), at most `max_batch` examples per call.
+    ``eps_fn(x_t, t)`` (the eps-denoiser on original steps), at most `max_batch` examples per call;
+    ``prediction = "x0"`` or ``"v"`` says it predicts that instead (needed at t = T with zero
+    terminal SNR, where mu_theta is formed as mu_tilde(x0_hat, x_t): VPProcess.reverse_mean).
     """
     if variance not in REVERSE_VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose from {', '.join(REVERSE_VARIANCES)}")
@@ -92,7 +95,7 @@ def elbo_terms(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pro
         x0_k = x0.repeat(len(steps), *([1] * (x0.ndim - 1)))  # (k B, ...)
         eps = randn(x0_k.shape, generator, x0.device, x0.dtype)
         x_t = process.q_sample(x0_k, t, eps)
-        mu_theta = process.mean_from_eps(eps_fn(x_t, t), x_t, t).double()
+        mu_theta = process.reverse_mean(eps_fn(x_t, t), x_t, t, prediction).double()
         terms[:, start - 1:start - 1 + len(steps)] = _step_terms(
             process, x0_k, x_t, t, mu_theta, variance, decoder).reshape(len(steps), B).T
     out = {"prior": prior_kl(process, x0), "kl": terms[:, 1:], "decoder": terms[:, 0]}

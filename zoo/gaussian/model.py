@@ -10,6 +10,10 @@ mean ``mu_theta`` exactly, so every loss, sampler and the ELBO work with each of
     v     v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (exact conversion)
     mean  mu = rho0 (x_t - rho1 delta), delta the network output, rho0 = rho1 = 1 at init (seed 001);
           eps = (x_t - sqrt(alpha_t) mu) sqrt(1 - alpha_bar_t)/beta_t
+
+Samplers and the ELBO are given the model's own prediction kind (``GaussianDiffusion.prediction``:
+eps, x0 or v; eps for the mean parameterisation), which with ``zero_terminal_snr`` (SPEC 11,
+alpha_bar_T = 0) is what keeps t = T defined: that option requires the x0 or v parameterisation.
 """
 
 from __future__ import annotations
@@ -19,14 +23,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo import ZooError
 from zoo.common.nets import build_net
 from zoo.common.utils import module_device, randn, to_device
 from zoo.formulations import DATASETS
 from zoo.gaussian import losses as L
 from zoo.gaussian.likelihood import elbo_terms
-from zoo.gaussian.process import REVERSE_VARIANCES, VPProcess
+from zoo.gaussian.process import PREDICTIONS, REVERSE_VARIANCES, VPProcess
 from zoo.gaussian.samplers import ODE_METHODS, SAMPLERS
-from zoo.gaussian.schedules import SCHEDULES, make_betas
+from zoo.gaussian.schedules import SCHEDULES, SPACINGS, make_betas, rescale_betas_zero_snr
 
 PARAMS = ("eps", "x0", "v", "mean")
 ARCHS = ("unet", "scorenet", "mlp")
@@ -45,6 +50,7 @@ class Config:
     beta_1: float = 1e-4
     beta_T: float = 0.02
     cosine_s: float = 0.008
+    zero_terminal_snr: bool = False  # rescale the betas so alpha_bar_T = 0 (Lin et al. 2024); param x0 or v
     param: str = "eps"  # eps | x0 | v | mean
     loss: str = "simple"  # simple | elbo-eps | mean-matching
     mm_target: str = "posterior"  # posterior (a draw of x_{t-1}) | analytic (mu_tilde)
@@ -54,6 +60,7 @@ class Config:
     label_dropout: float = 0.1  # probability of training on the null class
     sampler: str = "ddpm"  # ddpm | ddim | ode
     steps: int | None = None  # ddim / ode steps (None: T for ddpm, 50 otherwise)
+    spacing: str = "leading"  # ddim / ode step grid: leading | trailing | linspace (SPEC 11)
     eta: float = 0.0
     variance: str = "beta_tilde"  # reverse variance of ddpm sampling
     method: str = "heun"  # ode method
@@ -65,16 +72,29 @@ class Config:
 _CHOICES = {"arch": ARCHS, "schedule": tuple(SCHEDULES), "param": PARAMS, "loss": tuple(L.LOSSES),
             "mm_target": L.MM_TARGETS, "mm_reduction": tuple(L.REDUCTIONS), "sampler": tuple(SAMPLERS),
             "variance": tuple(REVERSE_VARIANCES), "nll_variance": tuple(REVERSE_VARIANCES),
-            "method": ODE_METHODS, "data": tuple(DATASETS)}
+            "method": ODE_METHODS, "spacing": tuple(SPACINGS), "data": tuple(DATASETS)}
+# With alpha_bar_T = 0, x_T = eps: an eps (or mean) output cannot carry x0 at t = T, and the
+# ELBO-weighted losses divide by alpha_T = 1 - beta_T = 0 there.
+ZERO_SNR_PARAMS, ZERO_SNR_LOSSES = ("x0", "v"), ("simple",)
+
+
+class GaussianConfigError(ZooError, ValueError):
+    """An invalid Gaussian model configuration (the message lists the valid choices)."""
 
 
 def validate(cfg: Config) -> None:
     """Every variant name checked once, with the valid choices in the error."""
     for field, choices in _CHOICES.items():
         if getattr(cfg, field) not in choices:
-            raise ValueError(f"unknown {field} {getattr(cfg, field)!r}; choose from {', '.join(choices)}")
+            raise GaussianConfigError(f"unknown {field} {getattr(cfg, field)!r}; choose from {', '.join(choices)}")
     if not 0 <= cfg.label_dropout <= 1:
-        raise ValueError(f"label_dropout must be in [0, 1], got {cfg.label_dropout}")
+        raise GaussianConfigError(f"label_dropout must be in [0, 1], got {cfg.label_dropout}")
+    if cfg.zero_terminal_snr and cfg.param not in ZERO_SNR_PARAMS:
+        raise GaussianConfigError(f"zero_terminal_snr makes eps undefined at t = T; param {cfg.param!r} cannot "
+                                  f"predict x0 there: choose from {', '.join(ZERO_SNR_PARAMS)}")
+    if cfg.zero_terminal_snr and cfg.loss not in ZERO_SNR_LOSSES:
+        raise GaussianConfigError(f"zero_terminal_snr makes the weight of loss {cfg.loss!r} infinite at t = T "
+                                  f"(alpha_T = 0): choose from {', '.join(ZERO_SNR_LOSSES)}")
 
 
 def data_shape(data: str) -> tuple[int, ...]:
@@ -93,7 +113,10 @@ class GaussianDiffusion(nn.Module):
         super().__init__()
         validate(cfg)
         self.cfg = cfg
-        self.process = VPProcess(make_betas(cfg.schedule, cfg.T, **_schedule_kw(cfg)))
+        betas = make_betas(cfg.schedule, cfg.T, **_schedule_kw(cfg))
+        self.process = VPProcess(rescale_betas_zero_snr(betas) if cfg.zero_terminal_snr else betas)
+        # The prediction kind handed to samplers and the ELBO (the mean parameterisation goes through eps).
+        self.prediction = cfg.param if cfg.param in PREDICTIONS else "eps"
         self.shape = data_shape(cfg.data)
         self.discrete = DATASETS[cfg.data][1] == "grey"  # 8-bit data: discretised decoder, clamped samples
         kw = {"num_classes": cfg.num_classes}
@@ -123,23 +146,40 @@ class GaussianDiffusion(nn.Module):
         out = self.net(x_t, t.float() / self.cfg.T, y)
         return self._to_eps(out, x_t, t)
 
-    def denoiser(self, labels: torch.Tensor | None = None, w: float = 1.0, clip: bool = False):
-        """An eps-denoiser for the samplers: unconditional, or classifier-free guided towards `labels`.
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                prediction: str = "eps") -> torch.Tensor:
+        """The prediction of kind 'eps', 'x0' or 'v' at original steps t (B,) long, converted exactly."""
+        if prediction == "eps":
+            return self.eps(x_t, t, y)
+        out = self.net(x_t, t.float() / self.cfg.T, y)
+        if self.cfg.param == "mean":
+            out = self._eps_from_delta(out, x_t, t)
+        return self.process.convert(out, x_t, t, self.prediction, prediction)
 
-        eps_guided = (1 - w) eps(x, null) + w eps(x, y) (SPEC 1): w = 0 unconditional, w = 1
-        conditional, w > 1 amplified. Both evaluations go through the network as one batch.
-        `clip` clamps the implied x0_hat to [-1, 1] and returns the matching eps (improved-diffusion's
-        clip_denoised), so that every sampler sees it.
+    def denoiser(self, labels: torch.Tensor | None = None, w: float = 1.0, clip: bool = False,
+                 prediction: str = "eps"):
+        """A denoiser for the samplers: unconditional, or classifier-free guided towards `labels`.
+
+        It predicts eps by default, or x0 / v (`prediction`; pass the same to the sampler);
+        ``self.prediction`` is the model's own kind, required at t = T with zero terminal SNR.
+        guided = (1 - w) pred(x, null) + w pred(x, y) (SPEC 1): w = 0 unconditional, w = 1
+        conditional, w > 1 amplified; the same in every kind, as the conversions are affine in the
+        prediction. Both evaluations go through the network as one batch. `clip` clamps the implied
+        x0_hat to [-1, 1] and returns the matching prediction (improved-diffusion's clip_denoised),
+        so that every sampler sees it.
         """
+        if prediction not in PREDICTIONS:
+            raise GaussianConfigError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
+        pred = lambda x_t, t, y: self.predict(x_t, t, y, prediction)  # noqa: E731
         if self.cfg.num_classes == 0:
             if labels is not None:
                 raise ValueError("labels were given but this model is unconditional (num_classes = 0)")
-            den = lambda x_t, t: self.eps(x_t, t)  # noqa: E731
+            den = lambda x_t, t: pred(x_t, t, None)  # noqa: E731
         elif labels is None:
-            den = lambda x_t, t: self.eps(x_t, t, self._null(x_t.shape[0], x_t.device))  # noqa: E731
+            den = lambda x_t, t: pred(x_t, t, self._null(x_t.shape[0], x_t.device))  # noqa: E731
         else:
-            den = guided(self.eps, labels, w, self.cfg.num_classes)
-        return clipped(den, self.process) if clip else den
+            den = guided(pred, labels, w, self.cfg.num_classes)
+        return clipped(den, self.process, prediction) if clip else den
 
     def _null(self, n: int, device) -> torch.Tensor:
         return torch.full((n,), self.cfg.num_classes, dtype=torch.long, device=device)
@@ -170,28 +210,34 @@ class GaussianDiffusion(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, variance: str | None = None,
                method: str | None = None, w: float | None = None, labels: torch.Tensor | None = None,
-               callback=None, x_T: torch.Tensor | None = None) -> torch.Tensor:
+               callback=None, spacing: str | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
         """n samples in the data view ((n, 1, 28, 28) in [-1, 1] for MNIST, (n, 2) for toys).
 
         Starts from the given noise `x_T` (moved to the model's device) or draws it from `generator`.
         Unset options fall back to the config. A conditional model with no `labels` is guided
-        towards labels 0, 1, ..., num_classes - 1 in turn.
+        towards labels 0, 1, ..., num_classes - 1 in turn. `spacing` (ddim, ode) is the step grid;
+        ddpm always takes all T steps. The samplers get the model's own prediction kind.
         """
         cfg, dev = self.cfg, module_device(self)
         sampler = sampler or cfg.sampler
         if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+            raise GaussianConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+        spacing = spacing or cfg.spacing
+        if spacing not in SPACINGS:
+            raise GaussianConfigError(f"unknown spacing {spacing!r}; choose from {', '.join(SPACINGS)}")
         if cfg.num_classes and labels is None:
             labels = torch.arange(n, device=dev) % cfg.num_classes
         denoiser = self.denoiser(None if labels is None else labels.to(dev), cfg.w if w is None else w,
-                                 clip=cfg.clip_x0 and self.discrete)
+                                 clip=cfg.clip_x0 and self.discrete, prediction=self.prediction)
         x_T = randn((n, *self.shape), generator, dev) if x_T is None else x_T.to(dev)
         steps = steps or cfg.steps or 50
         kw = {
             "ddpm": lambda: dict(variance=variance or cfg.variance, generator=generator),
-            "ddim": lambda: dict(steps=steps, eta=cfg.eta if eta is None else eta, generator=generator),
-            "ode": lambda: dict(steps=steps, method=method or cfg.method),
+            "ddim": lambda: dict(steps=steps, eta=cfg.eta if eta is None else eta, generator=generator,
+                                 spacing=spacing),
+            "ode": lambda: dict(steps=steps, method=method or cfg.method, spacing=spacing),
         }[sampler]()
+        kw["prediction"] = self.prediction
         was_training = self.training
         self.eval()
         x0 = SAMPLERS[sampler](denoiser, self.process, x_T, callback=callback, **kw)
@@ -210,9 +256,10 @@ class GaussianDiffusion(nn.Module):
         """The per-term breakdown of the bound (likelihood.elbo_terms), unconditional."""
         was_training = self.training
         self.eval()
-        out = elbo_terms(self.denoiser(), self.process, batch[0].to(module_device(self)), variance=variance or self.cfg.nll_variance,
+        out = elbo_terms(self.denoiser(prediction=self.prediction), self.process, batch[0].to(module_device(self)),
+                         variance=variance or self.cfg.nll_variance,
                          decoder="discretized" if self.discrete else "gaussian", max_batch=max_batch,
-                         generator=generator)
+                         generator=generator, prediction=self.prediction)
         self.train(was_training)
         return out
 
@@ -225,7 +272,11 @@ class GaussianDiffusion(nn.Module):
 
 
 def guided(eps_fn, labels: torch.Tensor, w: float, null: int):
-    """Classifier-free guidance: denoiser(x_t, t) = (1 - w) eps(x_t, t, null) + w eps(x_t, t, y)."""
+    """Classifier-free guidance: denoiser(x_t, t) = (1 - w) eps(x_t, t, null) + w eps(x_t, t, y).
+
+    `eps_fn(x_t, t, y)` may predict x0 or v instead: the weights sum to 1, so guidance commutes
+    with the exact (affine) conversions between kinds.
+    """
 
     def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = x_t.shape[0]
@@ -236,12 +287,16 @@ def guided(eps_fn, labels: torch.Tensor, w: float, null: int):
     return denoiser
 
 
-def clipped(denoiser, process: VPProcess):
-    """The eps-denoiser whose implied x0_hat = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar) is clamped to [-1, 1]."""
+def clipped(denoiser, process: VPProcess, prediction: str = "eps"):
+    """The denoiser (of kind `prediction`) whose implied x0_hat is clamped to [-1, 1].
+
+    For eps, x0_hat = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar), undefined at alpha_bar = 0
+    (process.split raises ZeroSNRError there); x0 and v are clamped at every t.
+    """
 
     def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x0_hat = process.convert(denoiser(x_t, t), x_t, t, "eps", "x0").clamp(-1, 1)
-        return process.convert(x0_hat, x_t, t, "x0", "eps")
+        x0_hat = process.convert(denoiser(x_t, t), x_t, t, prediction, "x0").clamp(-1, 1)
+        return process.convert(x0_hat, x_t, t, "x0", prediction)
 
     return den
 

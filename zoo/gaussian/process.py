@@ -9,6 +9,11 @@ Symbols: ``beta_t``, ``alpha_t = 1 - beta_t``, ``alpha_bar_t = prod_{s<=t} alpha
 ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``, ``v = sqrt(alpha_bar) eps -
 sqrt(1 - alpha_bar) x0``, posterior ``q(x_{t-1} | x_t, x0) = N(mu_tilde, beta_tilde I)``.
 
+Zero terminal SNR (SPEC 11) makes ``beta_T = 1`` and ``alpha_bar_T = 0``: then ``x_T = eps`` carries
+no information about x0, so an eps prediction at ``t = T`` does not determine x0 or the reverse
+mean. ``split`` and ``reverse_mean`` take the prediction in its own kind (eps, x0 or v) and work
+at ``t = T`` for x0 and v; asked to invert eps there they raise ``ZeroSNRError``.
+
 A respaced process (``respace``) keeps a subset of the steps and rebuilds its betas from their
 ``alpha_bar`` (improved-diffusion's respace.py); ``timesteps`` maps its steps back to the steps of
 the original process, which is what a network trained on the original process is given.
@@ -18,9 +23,14 @@ from __future__ import annotations
 
 import torch
 
+from zoo import ZooError
 from zoo.common.utils import append_dims
 
 PREDICTIONS = ("eps", "x0", "v")
+
+
+class ZeroSNRError(ZooError, ValueError):
+    """An eps prediction used where alpha_bar_t = 0 (zero terminal SNR), where it does not determine x0."""
 
 
 class VPProcess:
@@ -28,13 +38,16 @@ class VPProcess:
 
     def __init__(self, betas: torch.Tensor, timesteps: torch.Tensor | None = None):
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
-        if len(betas) < 1 or not bool(((betas > 0) & (betas < 1)).all()):
-            raise ValueError("betas must be a non-empty vector with every entry in (0, 1)")
+        inner = betas[:-1]
+        if len(betas) < 1 or not (bool(((inner > 0) & (inner < 1)).all()) and 0 < float(betas[-1]) <= 1):
+            raise ValueError("betas must be a non-empty vector with every entry in (0, 1) "
+                             "(the last may be 1: zero terminal SNR)")
         self.T = len(betas)
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alpha_bars = torch.cumprod(self.alphas, dim=0)
         self.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bars[:-1]])
+        self.zero_terminal_snr = bool(self.alpha_bars[-1] == 0)  # beta_T = 1 gives exactly 0
         # beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t; beta_tilde_1 = 0.
         self.beta_tildes = (1 - self.alpha_bars_prev) / (1 - self.alpha_bars) * betas
         # Original steps of the process this one was respaced from (identity when not respaced).
@@ -80,6 +93,12 @@ class VPProcess:
         vals = arr.to(t.device).index_select(0, t.long() - 1)  # (B,) float64
         return append_dims(vals, x.ndim).to(device=x.device, dtype=x.dtype)
 
+    def _check_eps_invertible(self, t: torch.Tensor) -> None:
+        """Raise ZeroSNRError if some t is T and alpha_bar_T = 0 (only then does it look at t)."""
+        if self.zero_terminal_snr and bool((t == self.T).any()):
+            raise ZeroSNRError("an eps prediction does not determine x0 at t = T when alpha_bar_T = 0 "
+                               "(zero terminal SNR); predict x0 or v there (choose from x0, v)")
+
     def model_t(self, t: torch.Tensor) -> torch.Tensor:
         """The original step of each step `t` of this (possibly respaced) process: (B,) long."""
         return self.table("timesteps", t.device).index_select(0, t.long() - 1)
@@ -117,13 +136,43 @@ class VPProcess:
                 raise ValueError(f"unknown prediction {name!r}; choose from {', '.join(PREDICTIONS)}")
         if src == dst:
             return out
-        a = self.coef("sqrt_alpha_bars", t, x_t)
-        b = self.coef("sqrt_one_minus_alpha_bars", t, x_t)
-        x0, eps = _TO_X0_EPS[src](out, x_t, a, b)
+        a, b = self._scales(t, x_t)
+        x0, eps = self._split(out, x_t, t, src, a, b)
         return _FROM_X0_EPS[dst](x0, eps, a, b)
+
+    def split(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+              prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0_hat, eps_hat) from a prediction of kind 'eps', 'x0' or 'v' given x_t, exactly (SPEC 1).
+
+        x0 and v are defined at every t, alpha_bar_t = 0 included; eps raises ZeroSNRError there.
+        """
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
+        return self._split(out, x_t, t, prediction, *self._scales(t, x_t))
+
+    def _scales(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)), each (B, 1, ...) in x's dtype."""
+        return self.coef("sqrt_alpha_bars", t, x), self.coef("sqrt_one_minus_alpha_bars", t, x)
+
+    def _split(self, out, x_t, t, prediction: str, a, b) -> tuple[torch.Tensor, torch.Tensor]:
+        if prediction == "eps":
+            self._check_eps_invertible(t)
+        return _TO_X0_EPS[prediction](out, x_t, a, b)
+
+    def reverse_mean(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction: str) -> torch.Tensor:
+        """mu_theta(x_t, t) from a prediction of kind 'eps', 'x0' or 'v'.
+
+        eps: the noise form (x_t - beta_t/sqrt(1 - alpha_bar_t) eps)/sqrt(alpha_t) (Ho et al. eq. 11);
+        x0, v: the posterior mean mu_tilde(x0_hat, x_t), which has no 1/sqrt(alpha_t) and so holds at
+        t = T with beta_T = 1 (zero terminal SNR), where the noise form is 0/0.
+        """
+        if prediction == "eps":
+            return self.mean_from_eps(out, x_t, t)
+        return self.posterior(self.split(out, x_t, t, prediction)[0], x_t, t)[0]
 
     def mean_from_eps(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """mu = (x_t - beta_t/sqrt(1 - alpha_bar_t) eps)/sqrt(alpha_t): the posterior mean in noise form."""
+        self._check_eps_invertible(t)
         k = self.coef("eps_to_mean", t, x_t)
         return (x_t - k * eps) / self.coef("sqrt_alphas", t, x_t)
 
@@ -155,6 +204,8 @@ def strided_timesteps(T: int, steps: int) -> torch.Tensor:
     T - T/steps + 1 rather than T: it avoids the nearly degenerate last step of the cosine schedule
     (beta_T clipped at 0.999, alpha_bar_T ~ 1e-7 for T = 100), from which the first deterministic
     jump would multiply the error of eps by sqrt(alpha_bar_next/alpha_bar_T).
+    The samplers use ``schedules.step_grid`` instead, whose 'leading' spacing equals this grid
+    when `steps` divides T (and keeps the constant stride floor(T/steps) when it does not).
     """
     if not 1 <= steps <= T:
         raise ValueError(f"steps must be in 1..{T}, got {steps}")

@@ -1,11 +1,17 @@
-"""Samplers of the variance-preserving process (SPEC sections 1 and 7).
+"""Samplers of the variance-preserving process (SPEC sections 1, 7 and 11).
 
-Every sampler is a free function taking an eps-denoiser ``denoiser(x_t, t) -> eps_hat`` (``t`` a
-long tensor (B,) of 1-based steps of the *original* process), a ``VPProcess``, the starting noise
-``x_T``, and returning only ``x_0``. An optional ``callback(info)`` is called after every step with
-``{"i": step index, "t": the step just taken (int, 1-based), "x": the new state, "x0_hat": the
-current estimate of x0}``. A respaced process (``VPProcess.respace``) works unchanged: the denoiser
-is called with ``process.model_t(t)``. NFE is counted by wrapping the denoiser in ``CountingDenoiser``.
+Every sampler is a free function taking a denoiser ``denoiser(x_t, t)`` (``t`` a long tensor (B,)
+of 1-based steps of the *original* process), a ``VPProcess``, the starting noise ``x_T``, and
+returning only ``x_0``. The denoiser predicts eps by default; ``prediction="x0"`` or ``"v"`` says
+it predicts that instead, which is what a zero-terminal-SNR process needs at ``t = T`` (there
+``alpha_bar_T = 0`` and eps does not determine x0; eps raises ``ZeroSNRError``). An optional
+``callback(info)`` is called after every step with ``{"i": step index, "t": the step just taken
+(int, 1-based, of the original process), "x": the new state, "x0_hat": the current estimate of
+x0}``. A respaced process (``VPProcess.respace``) works unchanged: the denoiser is called with
+``process.model_t(t)``. NFE is counted by wrapping the denoiser in ``CountingDenoiser``.
+
+Strided samplers visit ``schedules.step_grid(T, steps, spacing)`` (``spacing`` one of leading,
+trailing, linspace; SPEC 11), from its largest step down, then go to ``alpha_bar_0 = 1``.
 
 Time convention: 1-based steps, ``t = T`` noise, ``alpha_bar_0 = 1``.
 """
@@ -17,8 +23,8 @@ from typing import Callable
 import torch
 
 from zoo.common.utils import randn
-
-from zoo.gaussian.process import REVERSE_VARIANCES, VPProcess, strided_timesteps
+from zoo.gaussian.process import PREDICTIONS, REVERSE_VARIANCES, VPProcess
+from zoo.gaussian.schedules import SPACINGS, ScheduleError, step_grid
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ODE_METHODS = ("euler", "heun")
@@ -44,45 +50,59 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return randn(x.shape, generator, x.device, x.dtype)
 
 
+def _check(prediction: str, spacing: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
+    if spacing not in SPACINGS:
+        raise ScheduleError(f"unknown spacing {spacing!r}; choose from {', '.join(SPACINGS)}")
+
+
 def ddpm(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, variance: str = "beta_tilde",
-         generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
+         generator: torch.Generator | None = None, callback=None, steps: int | None = None,
+         spacing: str = "leading", prediction: str = "eps") -> torch.Tensor:
     """Ancestral sampling, Algorithm 2 of Ho et al. (2020): x_{t-1} = mu_theta(x_t, t) + sigma_t z.
 
-    sigma_t^2 is beta_t ('beta') or beta_tilde_t ('beta_tilde'); z = 0 at t = 1.
+    sigma_t^2 is beta_t ('beta') or beta_tilde_t ('beta_tilde'); z = 0 at t = 1. All T steps by
+    default; with `steps`, ancestral sampling on the process respaced to step_grid(T, steps, spacing)
+    (improved-diffusion's respacing).
     """
     if variance not in REVERSE_VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose from {', '.join(REVERSE_VARIANCES)}")
+    _check(prediction, spacing)
+    spaced = process if steps is None else process.respace(step_grid(process.T, steps, spacing))
     x = x_T
-    for i, t_int in enumerate(range(process.T, 0, -1)):
+    for i, t_int in enumerate(range(spaced.T, 0, -1)):
         t = _steps(x, t_int)
-        eps = denoiser(x, process.model_t(t))
-        mu = process.mean_from_eps(eps, x, t)  # Ho et al. eq. 11
+        out = denoiser(x, spaced.model_t(t))
+        x0_hat = spaced.split(out, x, t, prediction)[0] if callback is not None else None
+        mu = spaced.reverse_mean(out, x, t, prediction)  # Ho et al. eq. 11 (eps) or mu_tilde(x0_hat, x_t)
         if t_int > 1:
-            x = mu + process.reverse_variance(t, x, variance).sqrt() * _noise(x, generator)
+            x = mu + spaced.reverse_variance(t, x, variance).sqrt() * _noise(x, generator)
         else:
             x = mu
         if callback is not None:
-            callback({"i": i, "t": t_int, "x": x, "x0_hat": process.convert(eps, x, t, "eps", "x0")})
+            callback({"i": i, "t": int(spaced.timesteps[t_int - 1]), "x": x, "x0_hat": x0_hat})
     return x
 
 
 def ddim(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, eta: float = 0.0,
-         generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
-    """DDIM (Song et al. 2021, eq. 12) on `steps` evenly strided steps tau of 1..T, stochasticity eta.
+         generator: torch.Generator | None = None, callback=None, spacing: str = "leading",
+         prediction: str = "eps") -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) on the `steps` steps tau = step_grid(T, steps, spacing), stochasticity eta.
 
     eta = 0 is deterministic; eta = 1 with all steps is DDPM with beta_tilde.
     """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    spaced = process.respace(strided_timesteps(process.T, steps))
+    _check(prediction, spacing)
+    spaced = process.respace(step_grid(process.T, steps, spacing))
     x = x_T
     for i, t_int in enumerate(range(spaced.T, 0, -1)):
         t = _steps(x, t_int)
-        eps = denoiser(x, spaced.model_t(t))
+        # 1. Predicted x0 and eps ("predicted x_0" of eq. 12), exact from any prediction kind.
+        x0_hat, eps = spaced.split(denoiser(x, spaced.model_t(t)), x, t, prediction)
         ab = spaced.coef("alpha_bars", t, x)
         ab_prev = spaced.coef("alpha_bars_prev", t, x)
-        # 1. Predicted x0 ("predicted x_0" of eq. 12).
-        x0_hat = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
         # 2. sigma_tau(eta), eq. 16.
         sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
         # 3. Direction pointing to x_t, then the random part.
@@ -95,39 +115,42 @@ def ddim(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, 
 
 
 def ode(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, method: str = "euler",
-        callback=None) -> torch.Tensor:
+        callback=None, spacing: str = "leading", prediction: str = "eps") -> torch.Tensor:
     """Probability-flow ODE in DDIM's variables (Song et al. 2021, eq. 14), Euler or Heun steps.
 
     With y = x/sqrt(alpha_bar) and sigma = sqrt((1 - alpha_bar)/alpha_bar) the ODE is
-    dy/dsigma = eps(x, t). The grid is `steps` strided integer steps t_S > ... > t_1 then sigma = 0
+    dy/dsigma = eps(x, t). The grid is step_grid(T, steps, spacing), t_S > ... > t_1, then sigma = 0
     (x0), so the denoiser is only evaluated at integer steps. Euler on this grid is exactly DDIM
-    with eta = 0. Heun (Karras et al. 2022, Alg. 1) corrects every step but two Euler steps: the
-    last, to sigma = 0 where eps is undefined, and the first, from sigma_T, where the flow is linear
-    in sigma up to O(s^2/sigma_T^2) (s the data scale) while a trapezoid across a huge sigma ratio
-    is not (cosine schedule: sigma_T ~ 2e3 for T = 100); one Euler step keeps the global error
-    second order. NFE: `steps` for Euler, 2 steps - 2 for Heun (steps >= 2).
+    with eta = 0; it is written y_next = x0_hat + sigma_next eps (= y + (sigma_next - sigma) eps),
+    which stays finite from sigma = inf (zero terminal SNR, t = T). Heun (Karras et al. 2022,
+    Alg. 1) corrects every step but two Euler steps: the last, to sigma = 0 where eps is undefined,
+    and the first, from sigma_T, where the flow is linear in sigma up to O(s^2/sigma_T^2) (s the
+    data scale) while a trapezoid across a huge sigma ratio is not (cosine schedule: sigma_T ~ 2e3
+    for T = 100); one Euler step keeps the global error second order. NFE: `steps` for Euler,
+    2 steps - 2 for Heun (steps >= 2).
     """
     if method not in ODE_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose from {', '.join(ODE_METHODS)}")
-    spaced = process.respace(strided_timesteps(process.T, steps))
+    _check(prediction, spacing)
+    spaced = process.respace(step_grid(process.T, steps, spacing))
     ab = spaced.alpha_bars  # float64 (S,)
     sigmas = torch.cat([torch.zeros(1, dtype=torch.float64), ((1 - ab) / ab).sqrt()])  # sigmas[j]: step j
     scales = torch.cat([torch.ones(1, dtype=torch.float64), ab.sqrt()])  # sqrt(alpha_bar) at step j
-    y = x_T / float(scales[-1])
+    x = x_T
     for i, j in enumerate(range(spaced.T, 0, -1)):
-        d_cur = denoiser(y * float(scales[j]), spaced.model_t(_steps(y, j)))
-        h = float(sigmas[j - 1] - sigmas[j])
+        t = _steps(x, j)
+        x0_hat, d_cur = spaced.split(denoiser(x, spaced.model_t(t)), x, t, prediction)
         # Euler step.
-        y_next = y + h * d_cur
+        y_next = x0_hat + float(sigmas[j - 1]) * d_cur
         if method == "heun" and 1 < j < spaced.T:
             # Apply 2nd order correction.
-            d_next = denoiser(y_next * float(scales[j - 1]), spaced.model_t(_steps(y, j - 1)))
-            y_next = y + h * 0.5 * (d_cur + d_next)
-        x0_hat = y - float(sigmas[j]) * d_cur
-        y = y_next
+            t_next, x_next = _steps(x, j - 1), y_next * float(scales[j - 1])
+            d_next = spaced.split(denoiser(x_next, spaced.model_t(t_next)), x_next, t_next, prediction)[1]
+            y_next = x / float(scales[j]) + float(sigmas[j - 1] - sigmas[j]) * 0.5 * (d_cur + d_next)
+        x = y_next * float(scales[j - 1])
         if callback is not None:
-            callback({"i": i, "t": int(spaced.timesteps[j - 1]), "x": y * float(scales[j - 1]), "x0_hat": x0_hat})
-    return y
+            callback({"i": i, "t": int(spaced.timesteps[j - 1]), "x": x, "x0_hat": x0_hat})
+    return x
 
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "ode": ode}
