@@ -10,6 +10,15 @@ mean ``mu_theta`` exactly, so every loss, sampler and the ELBO work with each of
     v     v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (exact conversion)
     mean  mu = rho0 (x_t - rho1 delta), delta the network output, rho0 = rho1 = 1 at init (seed 001);
           eps = (x_t - sqrt(alpha_t) mu) sqrt(1 - alpha_bar_t)/beta_t
+
+``learn_variance`` doubles the network's output channels: the second half, through a tanh, is the
+v of Nichol & Dhariwal's learned variance (zoo.gaussian.learned_variance), trained by the hybrid
+loss L + vlb_weight L_vlb and used by the ELBO and DDPM sampling when their variance is "learned".
+``t_sampling = "importance"`` draws t from the VLB's second moments instead of uniformly.
+
+Likelihoods: ``nll``/``elbo_terms`` (the ELBO; decoder discretised to 8 bits on grey MNIST, to
+{-1, +1} on binarised views, a density on toys) and ``ode_nll``/``ode_terms`` (the probability-flow
+ODE, zoo.gaussian.ode_likelihood), all in nats per example.
 """
 
 from __future__ import annotations
@@ -20,15 +29,20 @@ import torch
 from torch import nn
 
 from zoo.common.nets import build_net
+from zoo.common.ode_likelihood import SOLVERS, ODELikelihoodError
+from zoo.common.utils import append_dims
 from zoo.formulations import DATASETS
 from zoo.gaussian import losses as L
-from zoo.gaussian.likelihood import elbo_terms
-from zoo.gaussian.process import REVERSE_VARIANCES, VPProcess
+from zoo.gaussian import ode_likelihood as ode
+from zoo.gaussian.learned_variance import ImportanceSampler, LearnedLogVariance
+from zoo.gaussian.likelihood import BIN_WIDTH, VARIANCES, elbo_terms
+from zoo.gaussian.process import _TO_X0_EPS, VPProcess
 from zoo.gaussian.samplers import ODE_METHODS, SAMPLERS
 from zoo.gaussian.schedules import SCHEDULES, make_betas
 
 PARAMS = ("eps", "x0", "v", "mean")
 ARCHS = ("unet", "scorenet", "mlp")
+T_SAMPLING = ("uniform", "importance")
 
 
 @dataclass(frozen=True)
@@ -54,17 +68,20 @@ class Config:
     sampler: str = "ddpm"  # ddpm | ddim | ode
     steps: int | None = None  # ddim / ode steps (None: T for ddpm, 50 otherwise)
     eta: float = 0.0
-    variance: str = "beta_tilde"  # reverse variance of ddpm sampling
+    variance: str = "beta_tilde"  # reverse variance of ddpm sampling: beta | beta_tilde | learned
     method: str = "heun"  # ode method
     w: float = 1.0  # guidance weight (conditional models)
-    nll_variance: str = "beta"  # reverse variance of the ELBO
+    nll_variance: str = "beta"  # reverse variance of the ELBO: beta | beta_tilde | learned
     clip_x0: bool = True  # sampling 8-bit data: clamp x0_hat to [-1, 1] and re-derive eps
+    learn_variance: bool = False  # extra output v: log sigma^2 = f log beta + (1 - f) log beta_tilde
+    vlb_weight: float = 0.001  # lambda of the hybrid loss L + lambda L_vlb (learn_variance)
+    t_sampling: str = "uniform"  # uniform | importance (sqrt E[L_t^2], learn_variance only)
 
 
 _CHOICES = {"arch": ARCHS, "schedule": tuple(SCHEDULES), "param": PARAMS, "loss": tuple(L.LOSSES),
             "mm_target": L.MM_TARGETS, "mm_reduction": tuple(L.REDUCTIONS), "sampler": tuple(SAMPLERS),
-            "variance": tuple(REVERSE_VARIANCES), "nll_variance": tuple(REVERSE_VARIANCES),
-            "method": ODE_METHODS, "data": tuple(DATASETS)}
+            "variance": VARIANCES, "nll_variance": VARIANCES, "method": ODE_METHODS, "data": tuple(DATASETS),
+            "t_sampling": T_SAMPLING}
 
 
 def validate(cfg: Config) -> None:
@@ -74,6 +91,18 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"unknown {field} {getattr(cfg, field)!r}; choose from {', '.join(choices)}")
     if not 0 <= cfg.label_dropout <= 1:
         raise ValueError(f"label_dropout must be in [0, 1], got {cfg.label_dropout}")
+    if not cfg.learn_variance:
+        for field, value in (("variance", "learned"), ("nll_variance", "learned"), ("t_sampling", "importance")):
+            if getattr(cfg, field) == value:
+                raise ValueError(f"{field} {value!r} needs learn_variance=True")
+    if cfg.vlb_weight < 0:
+        raise ValueError(f"vlb_weight must be >= 0, got {cfg.vlb_weight}")
+
+
+def decoder_for(data: str) -> str:
+    """The ELBO's decoder at t = 1 for a dataset's view: 8-bit bins, the two binary levels, or a density."""
+    view = DATASETS[data][1]
+    return "discretized" if view == "grey" else "binary" if view.startswith("binary") else "gaussian"
 
 
 def data_shape(data: str) -> tuple[int, ...]:
@@ -95,12 +124,19 @@ class GaussianDiffusion(nn.Module):
         self.process = VPProcess(make_betas(cfg.schedule, cfg.T, **_schedule_kw(cfg)))
         self.shape = data_shape(cfg.data)
         self.discrete = DATASETS[cfg.data][1] == "grey"  # 8-bit data: discretised decoder, clamped samples
+        self.decoder = decoder_for(cfg.data)
+        width = 2 if cfg.learn_variance else 1  # mean output, then the variance output v
         kw = {"num_classes": cfg.num_classes}
         if cfg.arch == "mlp":
-            kw.update(dim=self.shape[0], hidden=cfg.hidden, layers=cfg.layers, time=cfg.mlp_time)
+            kw.update(dim=self.shape[0], hidden=cfg.hidden, layers=cfg.layers, time=cfg.mlp_time,
+                      out_dim=width * self.shape[0])
         else:
-            kw["channels"] = cfg.channels
+            kw.update(channels=cfg.channels, out_channels=width * self.shape[0])
         self.net = build_net(cfg.arch, **kw)
+        self.log_variance = LearnedLogVariance(self.process)
+        self.alpha_bar = ode.ContinuousAlphaBar(self.process)
+        if cfg.t_sampling == "importance":
+            self.t_sampler = ImportanceSampler(cfg.T)
         if cfg.param == "mean":
             self.rho0 = nn.Parameter(torch.tensor(1.0))
             self.rho1 = nn.Parameter(torch.tensor(1.0))
@@ -117,27 +153,61 @@ class GaussianDiffusion(nn.Module):
         mu = self.rho0 * (x_t - self.rho1 * delta)  # seed 001: mu = rho0 (x_t - rho1 delta)
         return self.process.eps_from_mean(mu, x_t, t)
 
+    def _forward(self, x_t: torch.Tensor, t: torch.Tensor, y=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean output, v in [-1, 1] or None) of the network at steps t (B,), fractional allowed."""
+        out = self.net(x_t, t.float() / self.cfg.T, y)
+        if not self.cfg.learn_variance:
+            return out, None
+        mean_out, v = out.chunk(2, dim=1)  # (B, C, ...) each
+        return mean_out, torch.tanh(v)
+
     def eps(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The eps prediction at original steps t (B,) long, whatever the parameterisation."""
-        out = self.net(x_t, t.float() / self.cfg.T, y)
-        return self._to_eps(out, x_t, t)
+        return self.eps_and_v(x_t, t, y)[0]
 
-    def denoiser(self, labels: torch.Tensor | None = None, w: float = 1.0, clip: bool = False):
+    def eps_and_v(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
+        """(eps prediction, variance output v or None) at original steps t (B,) long."""
+        out, v = self._forward(x_t, t, y)
+        return self._to_eps(out, x_t, t), v
+
+    def eps_at(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The unconditional eps prediction at fractional steps t (B,) in [0, T], for the ODE likelihood.
+
+        alpha_bar(t) is `ContinuousAlphaBar`'s interpolation; x0 and v convert exactly through it.
+        Computed in the network's dtype, from x_t and t of any float dtype.
+        """
+        dtype = next(self.net.parameters()).dtype
+        x_t = x_t.to(dtype)
+        y = self._null(x_t.shape[0], x_t.device) if self.cfg.num_classes else None
+        out, _ = self._forward(x_t, t, y)
+        if self.cfg.param == "eps":
+            return out
+        log_ab = self.alpha_bar.log_alpha_bar(t)  # (B,) float64
+        a = append_dims((0.5 * log_ab).exp(), x_t.ndim).to(dtype)
+        b = append_dims((-torch.expm1(log_ab)).sqrt(), x_t.ndim).to(dtype)
+        return _TO_X0_EPS[self.cfg.param](out, x_t, a, b)[1]
+
+    def denoiser(self, labels: torch.Tensor | None = None, w: float = 1.0, clip: bool = False,
+                 with_variance: bool = False):
         """An eps-denoiser for the samplers: unconditional, or classifier-free guided towards `labels`.
 
         eps_guided = (1 - w) eps(x, null) + w eps(x, y) (SPEC 1): w = 0 unconditional, w = 1
         conditional, w > 1 amplified. Both evaluations go through the network as one batch.
         `clip` clamps the implied x0_hat to [-1, 1] and returns the matching eps (improved-diffusion's
-        clip_denoised), so that every sampler sees it.
+        clip_denoised), so that every sampler sees it. ``with_variance`` (learn_variance models): the
+        denoiser returns (eps, v), v the variance output (of the conditional branch when guided).
         """
+        if with_variance and not self.cfg.learn_variance:
+            raise ValueError("with_variance needs a model with learn_variance=True")
+        fn = self.eps_and_v if with_variance else self.eps
         if self.cfg.num_classes == 0:
             if labels is not None:
                 raise ValueError("labels were given but this model is unconditional (num_classes = 0)")
-            den = lambda x_t, t: self.eps(x_t, t)  # noqa: E731
+            den = lambda x_t, t: fn(x_t, t)  # noqa: E731
         elif labels is None:
-            den = lambda x_t, t: self.eps(x_t, t, self._null(x_t.shape[0], x_t.device))  # noqa: E731
+            den = lambda x_t, t: fn(x_t, t, self._null(x_t.shape[0], x_t.device))  # noqa: E731
         else:
-            den = guided(self.eps, labels, w, self.cfg.num_classes)
+            den = guided(fn, labels, w, self.cfg.num_classes)
         return clipped(den, self.process) if clip else den
 
     def _null(self, n: int, device) -> torch.Tensor:
@@ -146,20 +216,34 @@ class GaussianDiffusion(nn.Module):
     # ------------------------------------------------------------------ trainer interface
 
     def loss(self, batch) -> dict[str, torch.Tensor]:
-        """Mean over the batch of the per-example loss; t ~ U{1..T}, labels dropped to null at random."""
+        """Mean over the batch of the per-example loss; t ~ U{1..T} (or importance-sampled, each
+        example weighted by 1/(T p_t)), labels dropped to null at random; with a learned variance the
+        hybrid L + vlb_weight L_vlb."""
         x0 = batch[0]
         y = None
         if self.cfg.num_classes:
             y = batch[1] if len(batch) > 1 else self._null(x0.shape[0], x0.device)
             drop = torch.rand(y.shape, device=y.device) < self.cfg.label_dropout
             y = torch.where(drop, torch.full_like(y, self.cfg.num_classes), y)
-        t = torch.randint(1, self.cfg.T + 1, (x0.shape[0],), device=x0.device)  # (B,)
+        if self.cfg.t_sampling == "importance":
+            t, weights = self.t_sampler.sample(x0.shape[0])  # (B,), (B,)
+            t, weights = t.to(x0.device), weights.to(device=x0.device, dtype=x0.dtype)
+        else:
+            t, weights = torch.randint(1, self.cfg.T + 1, (x0.shape[0],), device=x0.device), None  # (B,)
         eps = torch.randn_like(x0)
         x_t = self.process.q_sample(x0, t, eps)
-        eps_hat = self.eps(x_t, t, y)
+        eps_hat, v = self.eps_and_v(x_t, t, y)
         per_example = self.loss_fn(self.process, x0, x_t, t, eps, eps_hat, self.cfg)  # (B,)
-        out = {"loss": per_example.mean(),
-               "mse_eps": ((eps_hat - eps) ** 2).flatten(1).mean(1).mean().detach()}
+        out = {}
+        if v is not None:
+            vlb = L.vlb(self.process, self.log_variance, x0, x_t, t, eps_hat, v, self.decoder)  # (B,)
+            per_example = per_example + self.cfg.vlb_weight * vlb
+            out["vlb"] = vlb.mean().detach()
+            if weights is not None and torch.is_grad_enabled():  # training steps only, not validation
+                self.t_sampler.update(t, vlb)
+        if weights is not None:
+            per_example = per_example * weights
+        out.update(loss=per_example.mean(), mse_eps=((eps_hat - eps) ** 2).flatten(1).mean(1).mean().detach())
         if self.cfg.param == "mean":
             out.update(rho0=self.rho0.detach().clone(), rho1=self.rho1.detach().clone())
         return out
@@ -180,12 +264,17 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
         if cfg.num_classes and labels is None:
             labels = torch.arange(n, device=dev) % cfg.num_classes
+        variance = variance or cfg.variance
+        if variance == "learned" and not cfg.learn_variance:
+            raise ValueError("variance 'learned' needs learn_variance=True")
+        learned = sampler == "ddpm" and variance == "learned"
         denoiser = self.denoiser(None if labels is None else labels.to(dev), cfg.w if w is None else w,
-                                 clip=cfg.clip_x0 and self.discrete)
+                                 clip=cfg.clip_x0 and self.discrete, with_variance=learned)
         x_T = torch.randn((n, *self.shape), generator=generator).to(dev)
         steps = steps or cfg.steps or 50
         kw = {
-            "ddpm": lambda: dict(variance=variance or cfg.variance, generator=generator),
+            # A learned-variance denoiser returns (eps, v) and ddpm takes sigma_t from v.
+            "ddpm": lambda: dict(variance="beta_tilde" if learned else variance, generator=generator),
             "ddim": lambda: dict(steps=steps, eta=cfg.eta if eta is None else eta, generator=generator),
             "ode": lambda: dict(steps=steps, method=method or cfg.method),
         }[sampler]()
@@ -204,14 +293,50 @@ class GaussianDiffusion(nn.Module):
     @torch.no_grad()
     def elbo_terms(self, batch, variance: str | None = None, generator: torch.Generator | None = None,
                    max_batch: int = 1024) -> dict[str, torch.Tensor]:
-        """The per-term breakdown of the bound (likelihood.elbo_terms), unconditional."""
+        """The per-term breakdown of the bound (likelihood.elbo_terms), unconditional.
+
+        ``variance`` beta | beta_tilde | learned (learn_variance models), default ``nll_variance``.
+        """
+        variance = variance or self.cfg.nll_variance
+        if variance == "learned" and not self.cfg.learn_variance:
+            raise ValueError("variance 'learned' needs learn_variance=True")
         was_training = self.training
         self.eval()
-        out = elbo_terms(self.denoiser(), self.process, batch[0], variance=variance or self.cfg.nll_variance,
-                         decoder="discretized" if self.discrete else "gaussian", max_batch=max_batch,
-                         generator=generator)
+        out = elbo_terms(self.denoiser(with_variance=variance == "learned"), self.process, batch[0],
+                         variance=variance, decoder=self.decoder, max_batch=max_batch, generator=generator)
         self.train(was_training)
         return out
+
+    def ode_nll(self, batch, steps: int = 64, solver: str = "heun", hutchinson: bool | None = None,
+                generator: torch.Generator | None = None, t_min: float = 0.0) -> torch.Tensor:
+        """-log p(x) through the probability-flow ODE in nats per example (B,), dequantisation included."""
+        return self.ode_terms(batch, steps, solver, hutchinson, generator, t_min)["total"]
+
+    def ode_terms(self, batch, steps: int = 64, solver: str = "heun", hutchinson: bool | None = None,
+                  generator: torch.Generator | None = None, t_min: float = 0.0) -> dict[str, torch.Tensor]:
+        """The ODE likelihood's terms (zoo.gaussian.ode_likelihood.ode_terms), unconditional.
+
+        8-bit data is dequantised (u uniform over its bin, from ``generator``) and "dequant" holds
+        -D log w; "total" = "ode" + "dequant" nats, "bits_per_dim" = total/(D log 2). ``t_min``: the
+        flow starts at sigma(t_min), 0 (the data) by default; param x0 needs t_min > 0 (eps = (x - x0)/0
+        at alpha_bar = 1), and the mean parameterisation has no eps at fractional t.
+        """
+        if solver not in SOLVERS:
+            raise ODELikelihoodError(f"unknown ODE solver {solver!r}; choose from {', '.join(SOLVERS)}")
+        if self.cfg.param == "mean":
+            raise ODELikelihoodError("ode_nll needs eps at fractional t: choose param eps, x0 or v, not mean")
+        if self.cfg.param == "x0" and not t_min > 0:
+            raise ODELikelihoodError("param x0 has no eps at t = 0: pass t_min > 0 (e.g. t_min=1)")
+        if not 0 <= t_min < self.cfg.T:
+            raise ODELikelihoodError(f"t_min must be in [0, {self.cfg.T}), got {t_min}")
+        was_training = self.training
+        self.eval()
+        try:
+            return ode.ode_terms(self.eps_at, self.alpha_bar, batch[0], BIN_WIDTH if self.discrete else None,
+                                 steps=steps, solver=solver, hutchinson=hutchinson, generator=generator,
+                                 t_min=t_min)
+        finally:
+            self.train(was_training)
 
     def param_groups(self, lr: float) -> list[dict]:
         """The network at `lr`; rho0, rho1 (mean parameterisation) at `rho_lr`."""
@@ -221,14 +346,26 @@ class GaussianDiffusion(nn.Module):
         return groups
 
 
-def guided(eps_fn, labels: torch.Tensor, w: float, null: int):
-    """Classifier-free guidance: denoiser(x_t, t) = (1 - w) eps(x_t, t, null) + w eps(x_t, t, y)."""
+def _split(out):
+    """(eps, v) of a denoiser's output: a tensor eps, or (eps, v) from a learned-variance denoiser."""
+    return out if isinstance(out, tuple) else (out, None)
 
-    def denoiser(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+
+def _join(eps: torch.Tensor, v: torch.Tensor | None):
+    return eps if v is None else (eps, v)
+
+
+def guided(eps_fn, labels: torch.Tensor, w: float, null: int):
+    """Classifier-free guidance: denoiser(x_t, t) = (1 - w) eps(x_t, t, null) + w eps(x_t, t, y).
+
+    A learned variance v, if eps_fn gives one, is the conditional branch's.
+    """
+
+    def denoiser(x_t: torch.Tensor, t: torch.Tensor):
         n = x_t.shape[0]
         y = torch.cat([torch.full_like(labels, null), labels])  # (2B,)
-        e = eps_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), y)  # (2B, ...)
-        return (1 - w) * e[:n] + w * e[n:]
+        e, v = _split(eps_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), y))  # (2B, ...)
+        return _join((1 - w) * e[:n] + w * e[n:], None if v is None else v[n:])
 
     return denoiser
 
@@ -236,9 +373,10 @@ def guided(eps_fn, labels: torch.Tensor, w: float, null: int):
 def clipped(denoiser, process: VPProcess):
     """The eps-denoiser whose implied x0_hat = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar) is clamped to [-1, 1]."""
 
-    def den(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x0_hat = process.convert(denoiser(x_t, t), x_t, t, "eps", "x0").clamp(-1, 1)
-        return process.convert(x0_hat, x_t, t, "x0", "eps")
+    def den(x_t: torch.Tensor, t: torch.Tensor):
+        eps, v = _split(denoiser(x_t, t))
+        x0_hat = process.convert(eps, x_t, t, "eps", "x0").clamp(-1, 1)
+        return _join(process.convert(x0_hat, x_t, t, "x0", "eps"), v)
 
     return den
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from zoo.gaussian.learned_variance import LearnedLogVariance
 from zoo.gaussian.process import REVERSE_VARIANCES, VPProcess, strided_timesteps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,17 +48,23 @@ def ddpm(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, variance: st
          generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
     """Ancestral sampling, Algorithm 2 of Ho et al. (2020): x_{t-1} = mu_theta(x_t, t) + sigma_t z.
 
-    sigma_t^2 is beta_t ('beta') or beta_tilde_t ('beta_tilde'); z = 0 at t = 1.
+    sigma_t^2 is beta_t ('beta') or beta_tilde_t ('beta_tilde'); z = 0 at t = 1. A denoiser that
+    returns (eps, v) has learned variances: sigma_t^2 comes from v (Nichol & Dhariwal eq. 15) and
+    `variance` is not used.
     """
     if variance not in REVERSE_VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose from {', '.join(REVERSE_VARIANCES)}")
+    learned = LearnedLogVariance(process)
     x = x_T
     for i, t_int in enumerate(range(process.T, 0, -1)):
         t = _steps(x, t_int)
         eps = denoiser(x, process.model_t(t))
+        eps, v = eps if isinstance(eps, tuple) else (eps, None)
         mu = process.mean_from_eps(eps, x, t)  # Ho et al. eq. 11
         if t_int > 1:
-            x = mu + process.reverse_variance(t, x, variance).sqrt() * _noise(x, generator)
+            std = (process.reverse_variance(t, x, variance).sqrt() if v is None
+                   else (0.5 * learned(t, v)).exp().to(x.dtype))
+            x = mu + std * _noise(x, generator)
         else:
             x = mu
         if callback is not None:
