@@ -29,6 +29,7 @@ import torch
 from zoo import ZooError
 
 Flow = Callable[[torch.Tensor, float], torch.Tensor]  # g(y, sigma) -> dy/dsigma, shape of y
+BIN_WIDTH_8BIT = 2.0 / 255.0  # 8-bit data in [-1, 1]
 EXACT_MAX_DIM = 64  # `hutchinson=None` uses the exact trace up to this many dimensions
 SOLVERS = ("heun", "rk45")
 

@@ -88,7 +88,7 @@ class ImportanceSampler(nn.Module):
         """Append each example's loss to its step's history, in batch order (no host sync)."""
         t = t.to(self.history.device).long() - 1
         losses = losses.detach().to(self.history)
-        n_new = torch.bincount(t, minlength=self.T)  # (T,)
+        n_new = torch.zeros_like(self.counts).scatter_add_(0, t, torch.ones_like(t))  # (T,) new values per step
         order = torch.sort(t, stable=True).indices  # examples grouped by step, batch order kept
         t_sorted = t.index_select(0, order)
         first = torch.cumsum(n_new, 0) - n_new  # position of each step's first example in `order`

@@ -77,9 +77,9 @@ VARIANCES = (*REVERSE_VARIANCES, "learned")
 
 def prior_kl(process: VPProcess, x0: torch.Tensor) -> torch.Tensor:
     """L_T = KL(N(sqrt(alpha_bar_T) x0, (1 - alpha_bar_T) I) || N(0, I)), summed per example. (B,)"""
-    ab = process.alpha_bars[-1]
-    kl = normal_kl(ab.sqrt() * x0.double(), (1 - ab).expand_as(x0), torch.zeros((), dtype=torch.float64),
-                   torch.ones((), dtype=torch.float64))
+    x0 = x0.double()
+    ab = process.alpha_bars[-1].to(x0.device)
+    kl = normal_kl(ab.sqrt() * x0, (1 - ab).expand_as(x0), torch.zeros_like(x0), torch.ones_like(x0))
     return kl.flatten(1).sum(1)
 
 
