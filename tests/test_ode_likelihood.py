@@ -46,6 +46,9 @@ def test_divergence_of_a_linear_map_exact_and_hutchinson_by_enumeration():
     est = torch.stack([ode.drift_and_divergence(g, y, 0.0, e.expand(2, 4))[1] for e in signs])  # (16, 2)
     torch.testing.assert_close(est.mean(0), torch.full((2,), A.trace().item(), dtype=f64))
     assert est.std(0).min() > 0.1  # one probe is not the trace: the average is what is exact
+    for probe in (None, signs[0].expand(2, 4)):  # a flow that ignores y has no divergence
+        d, div = ode.drift_and_divergence(lambda y, s: torch.ones_like(y) * s, y, 2.0, probe)
+        assert torch.equal(d, torch.full_like(y, 2.0)) and torch.equal(div, torch.zeros(2, dtype=f64))
 
 
 def test_rademacher_is_seeded_signs():

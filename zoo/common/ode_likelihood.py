@@ -57,14 +57,16 @@ def drift_and_divergence(g: Flow, y: torch.Tensor, sigma: float,
         y = y.detach().requires_grad_(True)
         d = g(y, sigma)
         flat = d.flatten(1)  # (B, D)
-        if probe is not None:
-            (vjp,) = torch.autograd.grad(d, y, grad_outputs=probe.to(d.dtype))
-            div = (vjp.double() * probe).flatten(1).sum(1)
-        else:
-            div = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
+        div = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
+        if d.requires_grad and probe is not None:
+            (vjp,) = torch.autograd.grad(d, y, grad_outputs=probe.to(d.dtype), allow_unused=True)
+            if vjp is not None:
+                div = (vjp.double() * probe).flatten(1).sum(1)
+        elif d.requires_grad:
             for i in range(flat.shape[1]):
-                (row,) = torch.autograd.grad(flat[:, i].sum(), y, retain_graph=True)
-                div = div + row.flatten(1)[:, i].double()
+                (row,) = torch.autograd.grad(flat[:, i].sum(), y, retain_graph=True, allow_unused=True)
+                if row is not None:  # None: g does not depend on y
+                    div = div + row.flatten(1)[:, i].double()
     return d.detach().double(), div.detach()
 
 

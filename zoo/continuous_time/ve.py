@@ -14,6 +14,10 @@ Symbols:
 - ``x0_hat``   an estimate of ``E[x0 | x_t]``; ``f`` and ``x0_hat`` convert exactly through
   ``E[x_{t-dt} | x_t] = x_t + (dt/t)(E[x0 | x_t] - x_t)`` (the tutorial's "iid symmetry" identity);
 - ``lambda``   the step fraction of the deterministic sampler, ``x_{t-dt} = x_t + lambda (f - x_t)``.
+
+Likelihood (SPEC 11): the probability flow ``dx/dt = (x - x0_hat(x, t))/(2t)``, integrated in
+``sigma = sigma_q sqrt(t)`` from ``t_min`` to ``t = 1`` with the prior N(0, sigma_q^2 I)
+(`ode_flow`, `ode_terms`; the integrator is zoo.common.ode_likelihood).
 """
 
 from __future__ import annotations
