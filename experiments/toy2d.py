@@ -16,7 +16,6 @@ from experiments.plotting import markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import swiss_roll
 from zoo.gaussian.model import Config, GaussianDiffusion
-from zoo.gaussian.samplers import ddpm
 from zoo.common.metrics import sliced_wasserstein
 
 
@@ -80,12 +79,14 @@ def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
 
     def record(info):
         if info["t"] - 1 in SHOW_T[1:3] or info["t"] == 1:
-            reverse[f"t = {info['t'] - 1}"] = info["x"].detach().clone()
+            reverse[f"t = {info['t'] - 1}"] = info["x"].detach().cpu()
 
     x_T = torch.randn((cfg.n_samples, 2), generator=torch.Generator().manual_seed(ctx.seed + 1))
     with trainer.averaged() as m:
         gen = torch.Generator().manual_seed(ctx.seed + 2)
-        samples = ddpm(m.denoiser(), proc, x_T, variance=cfg.variance, generator=gen, callback=record)
+        # x_T and gen stay on the CPU (the same numbers on any device); sample() moves x_T to the model.
+        samples = m.sample(cfg.n_samples, generator=gen, sampler="ddpm", variance=cfg.variance, callback=record,
+                           x_T=x_T).cpu()
     reverse = {"t = 100 (noise)": x_T, **dict(sorted(reverse.items(), key=lambda kv: -int(kv[0].split()[2])))}
 
     fig, axes = plt.subplots(2, 4, figsize=(13, 6.8))

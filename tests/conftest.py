@@ -49,3 +49,11 @@ def _seed():
 # One intra-op thread: the suite's tensors are small, and on a 2-core machine shared with other
 # processes torch's default thread pool spins and slows small ops by orders of magnitude.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request):
+    """Each device test runs on the CPU, and on CUDA where a GPU is present (`make gpu-check` runs -k cuda)."""
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    return torch.device(request.param)

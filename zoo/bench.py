@@ -69,3 +69,49 @@ def trainer_overhead(steps: int = 60, batch_size: int = 64, device: str = "cpu",
             trained.append(t)
     return {"bare_steps_per_s": max(bare), "trainer_steps_per_s": max(trained),
             "ratio": max(trained) / max(bare), "steps": steps, "batch_size": batch_size, "device": device}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def sampler_overhead(T: int = 1000, ddim_steps: int = 50, batch_size: int = 256, channels=(32, 64),
+                     device: str = "cpu", repeats: int = 3, ddpm: bool = True) -> dict:
+    """Wall time of DDIM-S (and DDPM-T) sampling over NFE x the time of one bare network forward.
+
+    The same untrained Gaussian U-Net and batch for all three; best of `repeats` each (the first
+    round warms up and is discarded). A ratio of 1.0 means the sampler adds nothing to the network.
+    """
+    from zoo.gaussian.model import Config, GaussianDiffusion
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = GaussianDiffusion(Config(data="mnist-grey", channels=tuple(channels), T=T, clip_x0=False)).to(dev).eval()
+    x = torch.randn(batch_size, 1, 28, 28, device=dev)
+    t = torch.full((batch_size,), T // 2, dtype=torch.long, device=dev)
+
+    def forward() -> None:
+        model.eps(x, t)
+
+    def timed(fn, n_calls: int = 1) -> float:
+        best = float("inf")
+        for r in range(repeats + 1):
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(n_calls):
+                fn()
+            _sync(dev)
+            if r > 0:
+                best = min(best, time.perf_counter() - t0)
+        return best / n_calls
+
+    one = timed(forward, n_calls=10)
+    ddim_s = timed(lambda: model.sample(batch_size, sampler="ddim", steps=ddim_steps, x_T=x))
+    out = {"device": device, "batch_size": batch_size, "T": T, "forward_s": one,
+           f"ddim{ddim_steps}_s": ddim_s, "ddim_ratio": ddim_s / (ddim_steps * one)}
+    if ddpm:
+        ddpm_s = timed(lambda: model.sample(batch_size, sampler="ddpm", x_T=x))
+        out.update({f"ddpm{T}_s": ddpm_s, "ddpm_ratio": ddpm_s / (T * one)})
+    return out

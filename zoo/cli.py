@@ -129,6 +129,28 @@ def bench_trainer(steps: int, batch_size: int, device: str, repeats: int) -> Non
     click.echo(f"ratio     : {res['ratio']:.3f} (Trainer / bare, best of {repeats}; target >= 0.95)")
 
 
+@bench_cmd.command("sampler")
+@click.option("--T", "T", type=click.IntRange(min=2), default=1000, show_default=True, help="Steps of the process (DDPM NFE).")
+@click.option("--ddim-steps", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--no-ddpm", is_flag=True, help="Skip the T-step DDPM run (slow on a CPU).")
+def bench_sampler(T: int, ddim_steps: int, batch_size: int, device: str, repeats: int, no_ddpm: bool) -> None:
+    """Sampler wall time over NFE x one network forward (DDIM and DDPM, same U-Net and batch)."""
+    from zoo.bench import sampler_overhead
+
+    _check_device(device)
+    if ddim_steps > T:
+        raise click.BadParameter(f"--ddim-steps {ddim_steps} exceeds --T {T}")
+    res = sampler_overhead(T=T, ddim_steps=ddim_steps, batch_size=batch_size, device=device, repeats=repeats,
+                           ddpm=not no_ddpm)
+    click.echo(f"one forward : {res['forward_s'] * 1e3:.2f} ms (batch {batch_size})")
+    click.echo(f"DDIM-{ddim_steps}     : {res[f'ddim{ddim_steps}_s']:.3f} s, ratio {res['ddim_ratio']:.3f} (wall / NFE forwards)")
+    if not no_ddpm:
+        click.echo(f"DDPM-{T}   : {res[f'ddpm{T}_s']:.3f} s, ratio {res['ddpm_ratio']:.3f} (wall / NFE forwards)")
+
+
 @cli.command("train")
 @click.argument("formulation")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A field of the formulation's Config.")

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from zoo.common.utils import append_dims
+from zoo.common.utils import append_dims, rand, randint
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -52,7 +52,7 @@ def q_sample(y0: torch.Tensor, t: torch.Tensor | int, deltas: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw Y_t | Y_0 in one go (discrete HW 1b): keep Y_0[j] with probability kappa_t, else a fresh
     fair coin. Drawn as Y_t[j] = +1 with probability (1 + Y_0[j] kappa_t)/2, the same law."""
-    u = torch.rand(y0.shape, generator=generator, device=y0.device, dtype=torch.float64)
+    u = rand(y0.shape, generator, y0.device, torch.float64)
     return torch.where(u < q_plus(y0, t, deltas), 1.0, -1.0).to(y0.dtype)
 
 
@@ -165,7 +165,7 @@ def elbo_sampled_t(logits_fn: LogitsFn, y0: torch.Tensor, deltas: torch.Tensor,
     """Unbiased one-t estimate of the ELBO of `elbo_all_t` (B,): prior KL + T * KL_t with
     t ~ Uniform{1..T} and Y_t ~ q(Y_t | Y_0), for training curves."""
     T = len(deltas)
-    t = torch.randint(1, T + 1, (y0.shape[0],), generator=generator, device=y0.device)
+    t = randint(1, T + 1, (y0.shape[0],), generator, y0.device)
     y_t = q_sample(y0, t, deltas, generator)
     return prior_kl(y0, deltas) + T * step_terms(logits_fn(y_t, t), y_t, y0, t, deltas)["kl"]
 
@@ -180,7 +180,7 @@ def ancestral_sample(logits_fn: LogitsFn, y_T: torch.Tensor, T: int,
     y = y_T
     for t in range(T, 0, -1):
         q = torch.sigmoid(logits_fn(y, torch.full((y.shape[0],), t, device=y.device, dtype=torch.long)).float())
-        u = torch.rand(y.shape, generator=generator, device=y.device)
+        u = rand(y.shape, generator, y.device)
         y = torch.where(u < q, 1.0, -1.0).to(y_T.dtype)
         if callback is not None:
             callback(t - 1, y)
@@ -190,4 +190,4 @@ def ancestral_sample(logits_fn: LogitsFn, y_T: torch.Tensor, T: int,
 def fair_coins(shape: tuple[int, ...], generator: torch.Generator | None = None,
                device: torch.device | str = "cpu") -> torch.Tensor:
     """m i.i.d. fair +-1 coins per example: the prior Y_T."""
-    return torch.where(torch.rand(shape, generator=generator, device=device) < 0.5, 1.0, -1.0)
+    return torch.where(rand(shape, generator, device) < 0.5, 1.0, -1.0)

@@ -23,6 +23,7 @@ from torch import nn
 from zoo.binary import bitflip
 from zoo.binary.schedules import constant_for_kappa_T, make_deltas
 from zoo.common.nets import UNet, UNetConfig
+from zoo.common.utils import module_device
 
 IMAGE_SHAPE = (1, 28, 28)
 BINARY_DATASETS = ("mnist-binary", "mnist-binary-stochastic")
@@ -93,7 +94,7 @@ class BitFlipDiffusion(nn.Module):
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """BCE against the posterior probability (SPEC 2), t ~ Uniform{1..T}; logs KL and ELBO estimate."""
-        y0 = batch[0]
+        y0 = batch[0].to(module_device(self))
         t = torch.randint(1, self.T + 1, (y0.shape[0],), device=y0.device)
         y_t = bitflip.q_sample(y0, t, self.deltas)
         terms = bitflip.step_terms(self.logits(y_t, t), y_t, y0, t, self.deltas)
@@ -103,17 +104,19 @@ class BitFlipDiffusion(nn.Module):
     @torch.no_grad()
     def elbo(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The all-t ELBO terms of `bitflip.elbo_all_t`: prior (B,), kl (B, T), total (B,) in nats."""
-        return bitflip.elbo_all_t(self.logits, batch[0], self.deltas, generator, self.cfg.eval_batch)
+        return bitflip.elbo_all_t(self.logits, batch[0].to(module_device(self)), self.deltas, generator, self.cfg.eval_batch)
 
     def nll(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator | None = None) -> torch.Tensor:
         """The ELBO bound on -log p(Y_0) in nats per image (B,), every t evaluated."""
         return self.elbo(batch, generator)["total"]
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
-        """n images in {-1, +1} (n, 1, 28, 28) by ancestral sampling from fair coins."""
-        device = self.deltas.device
-        y_T = bitflip.fair_coins((n, *IMAGE_SHAPE), generator=generator, device=device)
+    def sample(self, n: int, generator: torch.Generator | None = None, callback=None,
+               x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """n images in {-1, +1} (n, 1, 28, 28) by ancestral sampling from fair coins (or the given x_T)."""
+        device = module_device(self)
+        y_T = (bitflip.fair_coins((n, *IMAGE_SHAPE), generator=generator, device=device) if x_T is None
+               else x_T.to(device))
         return bitflip.ancestral_sample(self.logits, y_T, self.T, generator=generator, callback=callback)
 
 

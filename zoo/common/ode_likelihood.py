@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from zoo import ZooError
+from zoo.common.utils import rand, randint
 
 Flow = Callable[[torch.Tensor, float], torch.Tensor]  # g(y, sigma) -> dy/dsigma, shape of y
 BIN_WIDTH_8BIT = 2.0 / 255.0  # 8-bit data in [-1, 1]
@@ -72,9 +73,7 @@ def drift_and_divergence(g: Flow, y: torch.Tensor, sigma: float,
 
 def rademacher(shape, device, generator: torch.Generator | None = None) -> torch.Tensor:
     """A float64 tensor of independent +-1 signs, drawn on the generator's device, moved to `device`."""
-    gen_device = generator.device if generator is not None else device
-    signs = torch.randint(0, 2, tuple(shape), generator=generator, device=gen_device)
-    return (2 * signs - 1).to(device=device, dtype=torch.float64)
+    return (2 * randint(0, 2, shape, generator, device) - 1).double()
 
 
 # --------------------------------------------------------------------------- grids and solvers
@@ -197,8 +196,7 @@ def dequantised_nll(log_likelihood: Callable[[torch.Tensor], dict], x: torch.Ten
     y = x.double()
     dims = x[0].numel()
     if bin_width is not None:
-        gen_device = generator.device if generator is not None else x.device
-        u = torch.rand(x.shape, generator=generator, dtype=torch.float64, device=gen_device).to(x.device)
+        u = rand(x.shape, generator, x.device, torch.float64)
         y = y + (u - 0.5) * bin_width
     out = log_likelihood(y)
     ode = -out["log_prob"]

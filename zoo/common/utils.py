@@ -20,6 +20,45 @@ def append_dims(x: torch.Tensor, ndim: int) -> torch.Tensor:
     return x.reshape(*x.shape, *([1] * (ndim - x.ndim)))
 
 
+# --------------------------------------------------------------------------- devices
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module with neither)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Every tensor of a batch on `device` (a no-op for those already there)."""
+    return tuple(b.to(device) for b in batch)
+
+
+def _draw(fn, shape, generator, device, **kw) -> torch.Tensor:
+    # Drawn on the generator's device, then moved: a seeded CPU generator gives the same numbers on any device.
+    where = generator.device if generator is not None else device
+    return fn(tuple(shape), generator=generator, device=where, **kw).to(device)
+
+
+def randn(shape, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+          dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Standard normal noise of `shape` on `device`, from `generator` wherever that lives."""
+    return _draw(torch.randn, shape, generator, device, dtype=dtype)
+
+
+def rand(shape, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+         dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Uniform [0, 1) noise of `shape` on `device`, from `generator` wherever that lives."""
+    return _draw(torch.rand, shape, generator, device, dtype=dtype)
+
+
+def randint(low: int, high: int, shape, generator: torch.Generator | None = None,
+            device: torch.device | str = "cpu") -> torch.Tensor:
+    """Integers in [low, high) of `shape` on `device`, from `generator` wherever that lives."""
+    return _draw(lambda size, **kw: torch.randint(low, high, size, **kw), shape, generator, device)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and every CUDA device)."""
     random.seed(seed)

@@ -32,7 +32,7 @@ from torch import nn
 
 from zoo.common.nets import MLP, UNet, UNetConfig
 from zoo.common.ode_likelihood import BIN_WIDTH_8BIT
-from zoo.common.utils import append_dims
+from zoo.common.utils import append_dims, module_device, randn
 from zoo.continuous_time import ve
 from zoo.formulations import DATASETS
 
@@ -124,19 +124,20 @@ class VEDiffusion(nn.Module):
         return self._weight(s, dt) * err.flatten(1).mean(1)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        return {"loss": self.loss_per_example(batch[0]).mean()}
+        return {"loss": self.loss_per_example(batch[0].to(module_device(self))).mean()}
 
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, rule="lambda", dt: float | None = None,
-               x_1: torch.Tensor | None = None, callback=None) -> torch.Tensor:
+               x_1: torch.Tensor | None = None, callback=None, x_T: torch.Tensor | None = None) -> torch.Tensor:
         """n samples with `ve.sample` (``rule`` "lambda", "stochastic" or a fixed lambda) from
         x_1 ~ N(0, sigma_q^2) (or the given ``x_1``), at step ``dt`` (default: the training dt)."""
         dt = self.cfg.dt if dt is None else dt
-        device = next(self.parameters()).device
+        device = module_device(self)
+        x_1 = x_T if x_1 is None else x_1  # x_T: the name every formulation's sample() takes
         if x_1 is None:
-            x_1 = self.cfg.sigma_q * torch.randn((n, *self.shape), generator=generator, device=device)
+            x_1 = self.cfg.sigma_q * randn((n, *self.shape), generator, device)
         was_training = self.training
         self.eval()
         try:
@@ -169,9 +170,9 @@ class VEDiffusion(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return ve.ode_terms(lambda x, t: self.x0_hat(x.to(dtype), t.to(dtype)), batch[0], self.cfg.sigma_q,
-                                bin_width, t_min, steps=steps, solver=solver, hutchinson=hutchinson,
-                                generator=generator)
+            x0_hat = lambda x, t: self.x0_hat(x.to(dtype), t.to(dtype))  # noqa: E731
+            return ve.ode_terms(x0_hat, batch[0].to(module_device(self)), self.cfg.sigma_q, bin_width, t_min,
+                                steps=steps, solver=solver, hutchinson=hutchinson, generator=generator)
         finally:
             self.train(was_training)
 

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 
 from zoo.common import ode_likelihood as ode
-from zoo.common.utils import append_dims
+from zoo.common.utils import append_dims, randn
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # f(x_t, t) -> E[x_{t-dt} | x_t]
 
@@ -137,7 +137,7 @@ def sample(f: Denoiser, x_1: torch.Tensor, dt: float, rule="lambda", sigma_q: fl
         t_vec = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
         f_t = f(x, t_vec)
         if step_rule.stochastic:
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            noise = randn(x.shape, generator, x.device, x.dtype)
             x = stochastic_step(x, f_t, t, dt, sigma_q, noise)
         else:
             x = lambda_step(x, f_t, step_rule.lam(t, dt))

@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from zoo.common.utils import randn
 from zoo.gaussian.learned_variance import LearnedLogVariance
 from zoo.gaussian.process import REVERSE_VARIANCES, VPProcess
 
@@ -77,8 +78,8 @@ VARIANCES = (*REVERSE_VARIANCES, "learned")
 
 def prior_kl(process: VPProcess, x0: torch.Tensor) -> torch.Tensor:
     """L_T = KL(N(sqrt(alpha_bar_T) x0, (1 - alpha_bar_T) I) || N(0, I)), summed per example. (B,)"""
+    ab = process.table("alpha_bars", x0.device)[-1]  # on the data's device: (1 - ab) is expanded to x0
     x0 = x0.double()
-    ab = process.alpha_bars[-1].to(x0.device)
     kl = normal_kl(ab.sqrt() * x0, (1 - ab).expand_as(x0), torch.zeros_like(x0), torch.ones_like(x0))
     return kl.flatten(1).sum(1)
 
@@ -106,13 +107,12 @@ def elbo_terms(eps_fn: Callable, process: VPProcess, x0: torch.Tensor, variance:
         steps = torch.arange(start, min(start + per_call, T + 1), device=x0.device)  # (k,)
         t = steps.repeat_interleave(B)  # (k B,)
         x0_k = x0.repeat(len(steps), *([1] * (x0.ndim - 1)))  # (k B, ...)
-        noise_device = generator.device if generator is not None else x0.device
-        eps = torch.randn(x0_k.shape, generator=generator, dtype=x0.dtype, device=noise_device).to(x0.device)
+        eps = randn(x0_k.shape, generator, x0.device, x0.dtype)
         x_t = process.q_sample(x0_k, t, eps)
         out = eps_fn(x_t, t)
         if learned is None:
             sigma2 = process.reverse_variance(t, x_t, variance).double()
-            decoder_var = process.betas[0].to(x0.device)
+            decoder_var = process.table("betas", x0.device)[0]
         else:
             out, v = out
             sigma2 = decoder_var = learned(t, v).exp()
@@ -138,7 +138,7 @@ def step_terms(process: VPProcess, x0: torch.Tensor, x_t: torch.Tensor, t: torch
     # t >= 2: closed-form KL; at t = 1 beta_tilde = 0, so give it a harmless value there.
     safe_bt = torch.where(beta_tilde > 0, beta_tilde, sigma2)
     kl = normal_kl(mu_tilde, safe_bt.expand_as(x0), mu_theta, sigma2).flatten(1).sum(1)
-    # t = 1: -log p(x0 | x_1) with std sqrt(decoder_var) (only its t = 1 rows are used).
+    # t = 1: -log p(x0 | x_1) with std sqrt(decoder_var); selected without a host round-trip.
     std1 = torch.as_tensor(decoder_var, dtype=torch.float64).sqrt().expand_as(x0)
     nll0 = -DECODERS[decoder](x0, mu_theta, std1).flatten(1).sum(1)
     return torch.where(first, nll0, kl)

@@ -31,8 +31,7 @@ def elbo_eps(process: VPProcess, x0, x_t, t, eps, eps_hat, cfg=None) -> torch.Te
 
     The ELBO term L_{t-1} with reverse variance beta_t, up to its constant.
     """
-    weight = process.betas / (2 * process.alphas * (1 - process.alpha_bars))
-    return process.gather(weight, t, x0).flatten() * ((eps - eps_hat) ** 2).flatten(1).sum(1)
+    return process.coef("elbo_eps_weight", t, x0).flatten() * ((eps - eps_hat) ** 2).flatten(1).sum(1)
 
 
 def mean_matching(process: VPProcess, x0, x_t, t, eps, eps_hat, cfg) -> torch.Tensor:
@@ -47,7 +46,7 @@ def mean_matching(process: VPProcess, x0, x_t, t, eps, eps_hat, cfg) -> torch.Te
     if cfg.mm_target == "posterior":
         target = mu_tilde + beta_tilde.sqrt() * torch.randn_like(x0)
     mu_theta = process.mean_from_eps(eps_hat, x_t, t)
-    err = (target - mu_theta) ** 2 / (2 * process.gather(process.betas, t, x0))
+    err = (target - mu_theta) ** 2 / (2 * process.coef("betas", t, x0))
     return REDUCTIONS[cfg.mm_reduction](err)
 
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from zoo.common.nets import build_net
 from zoo.common.ode_likelihood import SOLVERS, ODELikelihoodError
-from zoo.common.utils import append_dims
+from zoo.common.utils import append_dims, module_device, randn, to_device
 from zoo.formulations import DATASETS
 from zoo.gaussian import losses as L
 from zoo.gaussian import ode_likelihood as ode
@@ -219,6 +219,7 @@ class GaussianDiffusion(nn.Module):
         """Mean over the batch of the per-example loss; t ~ U{1..T} (or importance-sampled, each
         example weighted by 1/(T p_t)), labels dropped to null at random; with a learned variance the
         hybrid L + vlb_weight L_vlb."""
+        batch = to_device(batch, module_device(self))
         x0 = batch[0]
         y = None
         if self.cfg.num_classes:
@@ -252,13 +253,14 @@ class GaussianDiffusion(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, variance: str | None = None,
                method: str | None = None, w: float | None = None, labels: torch.Tensor | None = None,
-               callback=None) -> torch.Tensor:
+               callback=None, x_T: torch.Tensor | None = None) -> torch.Tensor:
         """n samples in the data view ((n, 1, 28, 28) in [-1, 1] for MNIST, (n, 2) for toys).
 
+        Starts from the given noise `x_T` (moved to the model's device) or draws it from `generator`.
         Unset options fall back to the config. A conditional model with no `labels` is guided
         towards labels 0, 1, ..., num_classes - 1 in turn.
         """
-        cfg, dev = self.cfg, next(self.parameters()).device
+        cfg, dev = self.cfg, module_device(self)
         sampler = sampler or cfg.sampler
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
@@ -270,7 +272,7 @@ class GaussianDiffusion(nn.Module):
         learned = sampler == "ddpm" and variance == "learned"
         denoiser = self.denoiser(None if labels is None else labels.to(dev), cfg.w if w is None else w,
                                  clip=cfg.clip_x0 and self.discrete, with_variance=learned)
-        x_T = torch.randn((n, *self.shape), generator=generator).to(dev)
+        x_T = randn((n, *self.shape), generator, dev) if x_T is None else x_T.to(dev)
         steps = steps or cfg.steps or 50
         kw = {
             # A learned-variance denoiser returns (eps, v) and ddpm takes sigma_t from v.
@@ -302,8 +304,9 @@ class GaussianDiffusion(nn.Module):
             raise ValueError("variance 'learned' needs learn_variance=True")
         was_training = self.training
         self.eval()
-        out = elbo_terms(self.denoiser(with_variance=variance == "learned"), self.process, batch[0],
-                         variance=variance, decoder=self.decoder, max_batch=max_batch, generator=generator)
+        out = elbo_terms(self.denoiser(with_variance=variance == "learned"), self.process,
+                         batch[0].to(module_device(self)), variance=variance, decoder=self.decoder,
+                         max_batch=max_batch, generator=generator)
         self.train(was_training)
         return out
 
@@ -332,9 +335,9 @@ class GaussianDiffusion(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            return ode.ode_terms(self.eps_at, self.alpha_bar, batch[0], BIN_WIDTH if self.discrete else None,
-                                 steps=steps, solver=solver, hutchinson=hutchinson, generator=generator,
-                                 t_min=t_min)
+            return ode.ode_terms(self.eps_at, self.alpha_bar, batch[0].to(module_device(self)),
+                                 BIN_WIDTH if self.discrete else None, steps=steps, solver=solver,
+                                 hutchinson=hutchinson, generator=generator, t_min=t_min)
         finally:
             self.train(was_training)
 

@@ -40,26 +40,56 @@ class VPProcess:
         # Original steps of the process this one was respaced from (identity when not respaced).
         self.timesteps = (torch.arange(1, self.T + 1) if timesteps is None
                           else torch.as_tensor(timesteps, dtype=torch.long).clone())
+        ab, ab_prev = self.alpha_bars, self.alpha_bars_prev
+        # Every coefficient the formulas gather, computed once in float64 (CPU) and named.
+        self.tables = {
+            "betas": betas, "alphas": self.alphas, "alpha_bars": ab, "alpha_bars_prev": ab_prev,
+            "beta_tildes": self.beta_tildes, "sqrt_alphas": self.alphas.sqrt(),
+            "sqrt_alpha_bars": ab.sqrt(), "sqrt_one_minus_alpha_bars": (1 - ab).sqrt(),
+            "posterior_c0": ab_prev.sqrt() * betas / (1 - ab),  # mu_tilde's coefficient of x0
+            "posterior_c1": self.alphas.sqrt() * (1 - ab_prev) / (1 - ab),  # ... and of x_t
+            "eps_to_mean": betas / (1 - ab).sqrt(),
+            "mean_to_eps": (1 - ab).sqrt() / betas,
+            "elbo_eps_weight": betas / (2 * self.alphas * (1 - ab)),
+            "timesteps": self.timesteps,
+        }
+        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ coefficients
 
+    def table(self, name: str, device: torch.device | str) -> torch.Tensor:
+        """The named coefficient table on `device`, moved there once and cached."""
+        device = torch.device(device)
+        cache = self._on_device.setdefault(device, {})
+        if name not in cache:
+            cache[name] = self.tables[name].to(device)
+        return cache[name]
+
+    def coef(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """table[t - 1] cast to x's dtype, on t's device, broadcastable against x: (B, 1, ...)."""
+        # index_select: plain advanced indexing is orders of magnitude slower on CPU.
+        vals = self.table(name, t.device).index_select(0, t.long() - 1)  # (B,) float64
+        return append_dims(vals, x.ndim).to(dtype=x.dtype)
+
     @staticmethod
     def gather(arr: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """arr[t - 1] (float64) cast to x's dtype and device, broadcastable against x: (B, 1, ...)."""
-        # index_select: plain advanced indexing is orders of magnitude slower on CPU.
+        """arr[t - 1] (float64) cast to x's dtype and device, broadcastable against x: (B, 1, ...).
+
+        For a table that is not one of ``tables`` (it is moved at every call); prefer ``coef``.
+        """
         vals = arr.to(t.device).index_select(0, t.long() - 1)  # (B,) float64
         return append_dims(vals, x.ndim).to(device=x.device, dtype=x.dtype)
 
     def model_t(self, t: torch.Tensor) -> torch.Tensor:
         """The original step of each step `t` of this (possibly respaced) process: (B,) long."""
-        return self.timesteps.to(t.device).index_select(0, t.long() - 1)
+        return self.table("timesteps", t.device).index_select(0, t.long() - 1)
 
     # ------------------------------------------------------------------ forward process
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (SPEC 1, forward)."""
-        a = self.gather(self.alpha_bars.sqrt(), t, x0)
-        b = self.gather((1 - self.alpha_bars).sqrt(), t, x0)
+        a = self.coef("sqrt_alpha_bars", t, x0)
+        b = self.coef("sqrt_one_minus_alpha_bars", t, x0)
         return a * x0 + b * eps
 
     def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,16 +99,14 @@ class VPProcess:
                    + sqrt(alpha_t)(1 - alpha_bar_{t-1})/(1 - alpha_bar_t) x_t;
         beta_tilde has shape (B, 1, ...), broadcastable to x_t.
         """
-        c0 = self.alpha_bars_prev.sqrt() * self.betas / (1 - self.alpha_bars)
-        c1 = self.alphas.sqrt() * (1 - self.alpha_bars_prev) / (1 - self.alpha_bars)
-        mu = self.gather(c0, t, x_t) * x0 + self.gather(c1, t, x_t) * x_t
-        return mu, self.gather(self.beta_tildes, t, x_t)
+        mu = self.coef("posterior_c0", t, x_t) * x0 + self.coef("posterior_c1", t, x_t) * x_t
+        return mu, self.coef("beta_tildes", t, x_t)
 
     def reverse_variance(self, t: torch.Tensor, x: torch.Tensor, variance: str) -> torch.Tensor:
         """sigma_t^2 of the reverse step: 'beta' (beta_t) or 'beta_tilde' (beta_tilde_t). (B, 1, ...)"""
         if variance not in REVERSE_VARIANCES:
             raise ValueError(f"unknown reverse variance {variance!r}; choose from {', '.join(REVERSE_VARIANCES)}")
-        return self.gather(getattr(self, REVERSE_VARIANCES[variance]), t, x)
+        return self.coef(REVERSE_VARIANCES[variance], t, x)
 
     # ------------------------------------------------------------------ parameterisations
 
@@ -89,20 +117,20 @@ class VPProcess:
                 raise ValueError(f"unknown prediction {name!r}; choose from {', '.join(PREDICTIONS)}")
         if src == dst:
             return out
-        a = self.gather(self.alpha_bars.sqrt(), t, x_t)
-        b = self.gather((1 - self.alpha_bars).sqrt(), t, x_t)
+        a = self.coef("sqrt_alpha_bars", t, x_t)
+        b = self.coef("sqrt_one_minus_alpha_bars", t, x_t)
         x0, eps = _TO_X0_EPS[src](out, x_t, a, b)
         return _FROM_X0_EPS[dst](x0, eps, a, b)
 
     def mean_from_eps(self, eps: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """mu = (x_t - beta_t/sqrt(1 - alpha_bar_t) eps)/sqrt(alpha_t): the posterior mean in noise form."""
-        k = self.gather(self.betas / (1 - self.alpha_bars).sqrt(), t, x_t)
-        return (x_t - k * eps) / self.gather(self.alphas.sqrt(), t, x_t)
+        k = self.coef("eps_to_mean", t, x_t)
+        return (x_t - k * eps) / self.coef("sqrt_alphas", t, x_t)
 
     def eps_from_mean(self, mu: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """eps = (x_t - sqrt(alpha_t) mu) sqrt(1 - alpha_bar_t)/beta_t, the exact inverse of mean_from_eps."""
-        k = self.gather((1 - self.alpha_bars).sqrt() / self.betas, t, x_t)
-        return (x_t - self.gather(self.alphas.sqrt(), t, x_t) * mu) * k
+        k = self.coef("mean_to_eps", t, x_t)
+        return (x_t - self.coef("sqrt_alphas", t, x_t) * mu) * k
 
     # ------------------------------------------------------------------ respacing
 

@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from zoo.common.utils import randn
 from zoo.gaussian.learned_variance import LearnedLogVariance
 from zoo.gaussian.process import REVERSE_VARIANCES, VPProcess, strided_timesteps
 
@@ -40,8 +41,7 @@ def _steps(x: torch.Tensor, t: int) -> torch.Tensor:
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise like x, drawn on the generator's device (a CPU generator works for CUDA x)."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+    return randn(x.shape, generator, x.device, x.dtype)
 
 
 def ddpm(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, variance: str = "beta_tilde",
@@ -85,8 +85,8 @@ def ddim(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, 
     for i, t_int in enumerate(range(spaced.T, 0, -1)):
         t = _steps(x, t_int)
         eps = denoiser(x, spaced.model_t(t))
-        ab = spaced.gather(spaced.alpha_bars, t, x)
-        ab_prev = spaced.gather(spaced.alpha_bars_prev, t, x)
+        ab = spaced.coef("alpha_bars", t, x)
+        ab_prev = spaced.coef("alpha_bars_prev", t, x)
         # 1. Predicted x0 ("predicted x_0" of eq. 12).
         x0_hat = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
         # 2. sigma_tau(eta), eq. 16.

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.common.nets import VAEDecoder, VAEEncoder
+from zoo.common.utils import module_device, rand, randn
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -74,7 +75,7 @@ class Bernoulli(nn.Module):
         q = torch.sigmoid(out.float())
         if mean:
             return 2 * q - 1  # E[x] in the {-1, +1} view
-        return torch.where(torch.rand(q.shape, generator=generator, device=q.device) < q, 1.0, -1.0)
+        return torch.where(rand(q.shape, generator, q.device) < q, 1.0, -1.0)
 
 
 class Gaussian(nn.Module):
@@ -94,7 +95,7 @@ class Gaussian(nn.Module):
     def sample(self, out: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
         if mean:
             return out.float()
-        eps = torch.randn(out.shape, generator=generator, device=out.device)
+        eps = randn(out.shape, generator, out.device)
         return out.float() + self.log_sigma.exp().detach() * eps
 
 
@@ -126,10 +127,11 @@ class VAE(nn.Module):
         return 1
 
     def _prior_z(self, shape, generator, device) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=device)
+        return randn(shape, generator, device)
 
     def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """One reparameterised z ~ q(z | x): recon = -log p(x | z), kl, neg_elbo = recon + kl (B,) nats."""
+        x = x.to(module_device(self))
         mu, logvar = self.encoder(x)  # (B, L) each
         z = mu + torch.exp(0.5 * logvar) * self._prior_z(mu.shape, generator, mu.device)
         recon = -self.likelihood.log_prob(x, self.decoder(z))
@@ -152,6 +154,7 @@ class VAE(nn.Module):
                     max_batch: int | None = None) -> torch.Tensor:
         """log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x), z_i ~ q(z | x), i = 1..k: (B, k) float64.
         The decoder sees at most `max_batch` latents per call (chunks over k)."""
+        x = x.to(module_device(self))
         B = x.shape[0]
         chunk = max(1, (max_batch or self.cfg.eval_batch) // B)
         mu, logvar = self.encoder(x)  # (B, L)
@@ -179,10 +182,12 @@ class VAE(nn.Module):
         return self.iwae_nll(batch[0], self.cfg.iwae_k, generator)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
-        """n images in the data view from z ~ N(0, I); `mean=True` gives the decoder's mean instead of a draw."""
-        device = next(self.parameters()).device
-        z = self._prior_z((n, self.cfg.latent_dim), generator, device)
+    def sample(self, n: int, generator: torch.Generator | None = None, mean: bool = False,
+               x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """n images in the data view from z ~ N(0, I) (or the given latents `x_T`, (n, latent_dim));
+        `mean=True` gives the decoder's mean instead of a draw."""
+        device = module_device(self)
+        z = self._prior_z((n, self.cfg.latent_dim), generator, device) if x_T is None else x_T.to(device)
         return self.likelihood.sample(self.decoder(z), generator, mean)
 
 
