@@ -44,6 +44,8 @@ CASES = [
      [dict(sampler="ddim", steps=4, w=2.0)]),
     ("gaussian", dict(data="swiss-roll", arch="mlp", hidden=16, layers=2, T=20, mlp_time="concat"), (2,),
      [dict(sampler="ddpm")]),
+    ("gaussian", dict(data="mnist-binary", channels=(8, 16), T=20, learn_variance=True, t_sampling="importance",
+                      variance="learned", nll_variance="learned"), (1, 28, 28), [dict(sampler="ddpm")]),
     ("ve", dict(data="mnist-grey", channels=(8, 16), embed_dim=16, dt=0.25), (1, 28, 28),
      [dict(rule="lambda"), dict(rule="stochastic"), dict(rule=1.0)]),
     ("ve", dict(data="spiral", hidden=16, layers=2, dt=0.25), (2,), [dict(rule="lambda")]),
@@ -52,6 +54,9 @@ CASES = [
     ("vae", dict(data="mnist-binary", latent_dim=4, iwae_k=3), (1, 28, 28), [dict()]),
     ("vae", dict(data="mnist-grey", likelihood="gaussian", arch="mlp", latent_dim=4, iwae_k=3), (1, 28, 28), [dict()]),
 ]
+# The VE likelihood integrates an ODE (64 Heun steps by default, each a forward and a backward pass:
+# about 35 s on meta); a few steps exercise the same code.
+NLL_KW = {"ve": {"steps": 2}}
 
 
 def _meta_model(name: str, overrides: dict):
@@ -75,7 +80,7 @@ def test_loss_sample_and_nll_stay_on_the_model_device(name, overrides, shape, sa
         for device in ("cpu", META):
             assert model.loss(_batch(shape, overrides, device))["loss"].device == META
             if hasattr(model, "nll"):
-                assert model.nll(_batch(shape, overrides, device)[:1]).device == META
+                assert model.nll(_batch(shape, overrides, device)[:1], **NLL_KW.get(name, {})).device == META
         for kw in samplers:
             gen = torch.Generator().manual_seed(0)
             x = model.sample(2, generator=gen, **kw)
@@ -117,4 +122,4 @@ def test_formulation_runs_on_device(device, name, overrides, shape, samplers):
         x = model.sample(2, generator=torch.Generator().manual_seed(1), **kw)
         assert x.device.type == device.type and torch.isfinite(x).all(), kw
     if hasattr(model, "nll"):
-        assert torch.isfinite(model.nll(batch[:1])).all()
+        assert torch.isfinite(model.nll(batch[:1], **NLL_KW.get(name, {}))).all()

@@ -210,10 +210,13 @@ class ScoreNet(nn.Module):
 
 
 class MLP(nn.Module):
-    """MLP for 2-D data: ``t`` concatenated to the input (seed 002) or a sinusoidal embedding."""
+    """MLP for 2-D data: ``t`` concatenated to the input (seed 002) or a sinusoidal embedding.
+
+    ``out_dim`` (default ``dim``) widens the output, e.g. to ``2 dim`` for a learned variance.
+    """
 
     def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, time: str = "concat",
-                 embed_dim: int = 32, act: str = "relu", num_classes: int = 0):
+                 embed_dim: int = 32, act: str = "relu", num_classes: int = 0, out_dim: int | None = None):
         super().__init__()
         if time not in ("concat", "embed"):
             raise ValueError(f"unknown time input {time!r}; choose from concat, embed")
@@ -227,7 +230,7 @@ class MLP(nn.Module):
         mods = []
         for a, b in zip(widths[:-1], widths[1:]):
             mods += [nn.Linear(a, b), acts[act]()]
-        mods.append(nn.Linear(hidden, dim))
+        mods.append(nn.Linear(hidden, dim if out_dim is None else out_dim))
         self.net = nn.Sequential(*mods)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

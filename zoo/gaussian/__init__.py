@@ -6,7 +6,11 @@
   ``split`` / ``reverse_mean`` that hold at alpha_bar_T = 0);
 - ``samplers``: ``ddpm``, ``ddim``, ``ode`` (Euler / Heun), ``CountingDenoiser``; keywords ``spacing``
   and ``prediction``;
-- ``losses``: ``simple``, ``elbo-eps``, ``mean-matching``, one value per example;
-- ``likelihood``: the ELBO in nats and bits/dim with its per-term breakdown;
+- ``losses``: ``simple``, ``elbo-eps``, ``mean-matching``, one value per example, and ``vlb``
+  (the learned-variance term of the hybrid loss);
+- ``likelihood``: the ELBO in nats and bits/dim with its per-term breakdown (8-bit, binary or
+  continuous decoder; fixed or learned variances);
+- ``learned_variance``: ``LearnedLogVariance`` (Nichol & Dhariwal's interpolation), ``ImportanceSampler``;
+- ``ode_likelihood``: the probability-flow ODE likelihood in DDIM's variables, ``ContinuousAlphaBar``;
 - ``model``: ``Config``, ``build`` and ``GaussianDiffusion`` for the shared Trainer, guidance.
 """

@@ -3,13 +3,15 @@
     -log p(x0) <= L_T + sum_{t=2..T} L_{t-1} + L_0
     L_T     = KL(q(x_T | x0) || N(0, I))                                   the prior term
     L_{t-1} = E_q KL(q(x_{t-1} | x_t, x0) || N(mu_theta(x_t, t), sigma_t^2 I))   t = 2..T
-    L_0     = -E_q log p(x0 | x_1), p a Gaussian N(mu_theta(x_1, 1), beta_1 I) integrated over
+    L_0     = -E_q log p(x0 | x_1), p a Gaussian N(mu_theta(x_1, 1), sigma_1^2 I) integrated over
               each 8-bit bin of width 2/255, the two edge bins extended to -inf / +inf
-              (Ho et al. 2020 section 3.3)
+              (Ho et al. 2020 section 3.3); on binarised data {-1, +1} over the two bins split at 0
+              (SPEC 11); on continuous data (toys) its density
 
 Each expectation over x_t is estimated with one draw of x_t per step and example, the KL itself
 in closed form: improved-diffusion's ``calc_bpd_loop``. The reverse variance sigma_t^2 is beta_t
-or beta_tilde_t for t >= 2; the decoder variance at t = 1 is beta_1 in both cases (beta_tilde_1 = 0).
+or beta_tilde_t for t >= 2, and the decoder variance at t = 1 is beta_1 in both cases
+(beta_tilde_1 = 0); or learned, per pixel, at every t (zoo.gaussian.learned_variance).
 Time convention: 1-based steps t = 1..T; data in [-1, 1] on the bin centres 2k/255 - 1.
 """
 
@@ -21,6 +23,7 @@ from typing import Callable
 import torch
 
 from zoo.common.utils import randn
+from zoo.gaussian.learned_variance import LearnedLogVariance
 from zoo.gaussian.process import REVERSE_VARIANCES, VPProcess
 
 BIN_WIDTH = 2.0 / 255.0  # 8-bit data in [-1, 1]
@@ -58,7 +61,19 @@ def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor)
     return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
 
 
-DECODERS = {"discretized": discretized_gaussian_log_likelihood, "gaussian": gaussian_log_density}
+def binary_gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log P(x) for x in {-1, +1} under N(mean, std^2) cut at the one bin edge 0, elementwise, float64.
+
+    P(+1) = 1 - Phi((0 - mean)/std) = Phi(mean/std) and P(-1) = Phi(-mean/std) (SPEC 11): both are
+    log Phi(x mean/std), computed with log_ndtr so that neither tail underflows.
+    """
+    x, mean, std = (torch.as_tensor(v, dtype=torch.float64) for v in (x, mean, std))
+    return torch.special.log_ndtr(x.sign() * mean / std)
+
+
+DECODERS = {"discretized": discretized_gaussian_log_likelihood, "gaussian": gaussian_log_density,
+            "binary": binary_gaussian_log_likelihood}
+VARIANCES = (*REVERSE_VARIANCES, "learned")
 
 
 def prior_kl(process: VPProcess, x0: torch.Tensor) -> torch.Tensor:
@@ -70,10 +85,9 @@ def prior_kl(process: VPProcess, x0: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def elbo_terms(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], process: VPProcess,
-               x0: torch.Tensor, variance: str = "beta", decoder: str = "discretized",
-               max_batch: int = 1024, generator: torch.Generator | None = None,
-               prediction: str = "eps") -> dict[str, torch.Tensor]:
+def elbo_terms(eps_fn: Callable, process: VPProcess, x0: torch.Tensor, variance: str = "beta",
+               decoder: str = "discretized", max_batch: int = 1024,
+               generator: torch.Generator | None = None, prediction: str = "eps") -> dict[str, torch.Tensor]:
     """Every term of the bound for each example of x0 (B, ...), in nats per example.
 
     Returns {"prior": (B,), "kl": (B, T - 1) with column t - 2 holding L_{t-1} for t = 2..T,
@@ -81,11 +95,13 @@ def elbo_terms(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pro
     ``eps_fn(x_t, t)`` (the eps-denoiser on original steps), at most `max_batch` examples per call;
     ``prediction = "x0"`` or ``"v"`` says it predicts that instead (needed at t = T with zero
     terminal SNR, where mu_theta is formed as mu_tilde(x0_hat, x_t): VPProcess.reverse_mean).
+    ``variance`` "learned": ``eps_fn`` returns (prediction, v) with v in [-1, 1] the variance output.
     """
-    if variance not in REVERSE_VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose from {', '.join(REVERSE_VARIANCES)}")
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose from {', '.join(VARIANCES)}")
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose from {', '.join(DECODERS)}")
+    learned = LearnedLogVariance(process) if variance == "learned" else None
     B, T = x0.shape[0], process.T
     per_call = max(1, max_batch // B)  # steps per denoiser call
     terms = torch.zeros(B, T, dtype=torch.float64, device=x0.device)  # column t - 1: the term of step t
@@ -95,26 +111,37 @@ def elbo_terms(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pro
         x0_k = x0.repeat(len(steps), *([1] * (x0.ndim - 1)))  # (k B, ...)
         eps = randn(x0_k.shape, generator, x0.device, x0.dtype)
         x_t = process.q_sample(x0_k, t, eps)
-        mu_theta = process.reverse_mean(eps_fn(x_t, t), x_t, t, prediction).double()
-        terms[:, start - 1:start - 1 + len(steps)] = _step_terms(
-            process, x0_k, x_t, t, mu_theta, variance, decoder).reshape(len(steps), B).T
+        out = eps_fn(x_t, t)
+        if learned is None:
+            sigma2 = process.reverse_variance(t, x_t, variance).double()
+            decoder_var = process.table("betas", x0.device)[0]
+        else:
+            out, v = out
+            sigma2 = decoder_var = learned(t, v).exp()
+        mu_theta = process.reverse_mean(out, x_t, t, prediction).double()
+        terms[:, start - 1:start - 1 + len(steps)] = step_terms(
+            process, x0_k, x_t, t, mu_theta, sigma2, decoder_var, decoder).reshape(len(steps), B).T
     out = {"prior": prior_kl(process, x0), "kl": terms[:, 1:], "decoder": terms[:, 0]}
     out["total"] = out["prior"] + out["kl"].sum(1) + out["decoder"]
     return out
 
 
-def _step_terms(process: VPProcess, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                mu_theta: torch.Tensor, variance: str, decoder: str) -> torch.Tensor:
-    """L_{t-1} (t >= 2) or L_0 (t = 1) per example, float64. (N,)"""
+def step_terms(process: VPProcess, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, mu_theta: torch.Tensor,
+               sigma2: torch.Tensor, decoder_var: torch.Tensor, decoder: str) -> torch.Tensor:
+    """L_{t-1} (t >= 2) or L_0 (t = 1) per example, float64, differentiable in mu_theta and the variances. (N,)
+
+    ``sigma2`` the reverse variance (broadcastable to x_t) used by the KL at t >= 2; ``decoder_var``
+    the decoder's variance at t = 1 (a scalar or broadcastable to x_t).
+    """
     x0, x_t = x0.double(), x_t.double()
     mu_tilde, beta_tilde = process.posterior(x0, x_t, t)
-    sigma2 = process.reverse_variance(t, x_t, variance)
     first = t == 1
+    sigma2 = torch.as_tensor(sigma2, dtype=torch.float64).expand_as(x0)
     # t >= 2: closed-form KL; at t = 1 beta_tilde = 0, so give it a harmless value there.
     safe_bt = torch.where(beta_tilde > 0, beta_tilde, sigma2)
     kl = normal_kl(mu_tilde, safe_bt.expand_as(x0), mu_theta, sigma2).flatten(1).sum(1)
-    # t = 1: -log p(x0 | x_1) with std sqrt(beta_1); selected without a host round-trip.
-    std1 = process.table("betas", x0.device)[:1].sqrt()
+    # t = 1: -log p(x0 | x_1) with std sqrt(decoder_var); selected without a host round-trip.
+    std1 = torch.as_tensor(decoder_var, dtype=torch.float64).sqrt().expand_as(x0)
     nll0 = -DECODERS[decoder](x0, mu_theta, std1).flatten(1).sum(1)
     return torch.where(first, nll0, kl)
 

@@ -4,12 +4,17 @@ Each loss is called as ``loss(process, x0, x_t, t, eps, eps_hat, cfg) -> (B,)`` 
 eps prediction ``eps_hat`` (every parameterisation is converted to it exactly, and the reverse mean
 is ``mu_theta = (x_t - beta_t/sqrt(1 - alpha_bar_t) eps_hat)/sqrt(alpha_t)``, exactly the mean the
 network defines in the mean parameterisation). Time convention: 1-based t (B,) long.
+With a learned variance, `vlb` is the second term of the hybrid loss L_simple + lambda L_vlb.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from zoo.gaussian.likelihood import step_terms
+from zoo.gaussian.learned_variance import LearnedLogVariance
 from zoo.gaussian.process import VPProcess
 
 MM_TARGETS = ("posterior", "analytic")
@@ -46,3 +51,17 @@ def mean_matching(process: VPProcess, x0, x_t, t, eps, eps_hat, cfg) -> torch.Te
 
 
 LOSSES = {"simple": simple, "elbo-eps": elbo_eps, "mean-matching": mean_matching}
+
+
+def vlb(process: VPProcess, log_variance: LearnedLogVariance, x0, x_t, t, eps_hat, v, decoder: str) -> torch.Tensor:
+    """L_vlb's one-step estimate T L_{t-1}/(D log 2) in bits per dimension, the mean detached (N&D sec. 3.1). (B,)
+
+    L_{t-1} is the ELBO term with the learned variance sigma_t^2 (the KL at t >= 2, the decoder at
+    t = 1), in which only v carries a gradient: the stop-gradient on mu_theta leaves the mean to
+    L_simple. T L_{t-1} with t uniform is an unbiased estimate of the bound's sum over t, in units
+    of improved-diffusion's ``vb * num_timesteps``, so lambda = 0.001 weighs it as there.
+    """
+    mu_theta = process.mean_from_eps(eps_hat.detach(), x_t, t).double()
+    sigma2 = log_variance(t, v).exp()
+    L_t = step_terms(process, x0, x_t, t, mu_theta, sigma2, sigma2, decoder)  # (B,) nats
+    return (process.T * L_t / (x0[0].numel() * math.log(2))).to(x0.dtype)

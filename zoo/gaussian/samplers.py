@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from zoo.common.utils import randn
+from zoo.gaussian.learned_variance import LearnedLogVariance
 from zoo.gaussian.process import PREDICTIONS, REVERSE_VARIANCES, VPProcess
 from zoo.gaussian.schedules import SPACINGS, ScheduleError, step_grid
 
@@ -64,20 +65,25 @@ def ddpm(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, variance: st
 
     sigma_t^2 is beta_t ('beta') or beta_tilde_t ('beta_tilde'); z = 0 at t = 1. All T steps by
     default; with `steps`, ancestral sampling on the process respaced to step_grid(T, steps, spacing)
-    (improved-diffusion's respacing).
+    (improved-diffusion's respacing). A denoiser that returns (prediction, v) has learned variances:
+    sigma_t^2 comes from v (Nichol & Dhariwal eq. 15, on the respaced betas) and `variance` is not used.
     """
     if variance not in REVERSE_VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose from {', '.join(REVERSE_VARIANCES)}")
     _check(prediction, spacing)
     spaced = process if steps is None else process.respace(step_grid(process.T, steps, spacing))
+    learned = LearnedLogVariance(spaced)
     x = x_T
     for i, t_int in enumerate(range(spaced.T, 0, -1)):
         t = _steps(x, t_int)
         out = denoiser(x, spaced.model_t(t))
+        out, v = out if isinstance(out, tuple) else (out, None)
         x0_hat = spaced.split(out, x, t, prediction)[0] if callback is not None else None
         mu = spaced.reverse_mean(out, x, t, prediction)  # Ho et al. eq. 11 (eps) or mu_tilde(x0_hat, x_t)
         if t_int > 1:
-            x = mu + spaced.reverse_variance(t, x, variance).sqrt() * _noise(x, generator)
+            std = (spaced.reverse_variance(t, x, variance).sqrt() if v is None
+                   else (0.5 * learned(t, v)).exp().to(x.dtype))
+            x = mu + std * _noise(x, generator)
         else:
             x = mu
         if callback is not None:
