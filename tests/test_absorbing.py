@@ -408,6 +408,21 @@ def test_model_on_the_meta_device_creates_no_cpu_tensor():
         assert s.device.type == "meta" and s.shape == (2, 1, 28, 28)
 
 
+def test_free_functions_move_a_cpu_table_to_the_data_device():
+    """The float64 table stays on the CPU, the data and the model live on `meta`: any CPU tensor met
+    by a meta tensor raises, and indexing the CPU table with a meta index would return a CPU tensor."""
+    x0 = torch.empty(3, 1, 4, 4, device="meta")
+    t = torch.ones(3, dtype=torch.long, device="meta")
+    fn = lambda x_t, u: x_t * u[:, None, None, None]  # noqa: E731
+    alpha, alpha_prime = mask_schedule("cosine")
+    outs = [A.q_sample(x0, t, ALPHAS), A.q_sample(x0, 2, ALPHAS), A.posterior(x0, x0, t, ALPHAS),
+            A.reverse_probs(x0, x0, t, ALPHAS, s=0), A.step_kl(x0, x0, x0, t, ALPHAS),
+            A.elbo_all_t(fn, x0, ALPHAS)["total"], A.elbo_sampled_t(fn, x0, ALPHAS),
+            A.ancestral_sample(fn, A.all_masked((3, 1, 4, 4), device="meta"), ALPHAS, steps=2),
+            A.continuous_elbo(fn, x0, A.stratified_times(3, device="meta"), alpha, alpha_prime)]
+    assert all(o.device.type == "meta" for o in outs)
+
+
 def test_tiny_training_on_fake_mnist_lowers_the_elbo(fake_mnist, tmp_path):
     torch.manual_seed(0)
     train = load_dataset("mnist-binary", "train", limit=128)
