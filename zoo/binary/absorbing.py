@@ -183,8 +183,9 @@ def continuous_elbo(logits_fn: LogitsFn, x0: torch.Tensor, u: torch.Tensor, alph
     MD4/MDLM): w(u) sum_{j: x_u^j = M} -log mu_theta(x_0^j | x_u), x_u masked with alpha(u); with
     u ~ Uniform(0, 1] it is unbiased for integral_0^1 w(u) E[masked cross-entropy] du."""
     u = u.to(device=x0.device, dtype=torch.float64)
-    x_u = mask_with(x0, alpha_fn(u), generator)
-    return continuous_weight(alpha_fn(u), alpha_prime_fn(u)) * masked_nll(logits_fn(x_u, u), x_u, x0)
+    alpha = alpha_fn(u)  # (B,)
+    x_u = mask_with(x0, alpha, generator)
+    return continuous_weight(alpha, alpha_prime_fn(u)) * masked_nll(logits_fn(x_u, u), x_u, x0)
 
 
 def uniform_times(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:

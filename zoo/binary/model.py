@@ -140,11 +140,12 @@ class BitFlipDiffusion(nn.Module):
         turn (as the Gaussian model); w = 0 is unconditional, w = 1 conditional.
         """
         device = self.deltas.device
-        y_T = bitflip.fair_coins((n, *IMAGE_SHAPE), generator=generator, device=device) if x_T is None else x_T.to(device)
+        if x_T is None:
+            x_T = bitflip.fair_coins((n, *IMAGE_SHAPE), generator=generator, device=device)
         if self.cfg.num_classes and labels is None:
             labels = torch.arange(n, device=device) % self.cfg.num_classes
         fn = self.logits_fn(None if labels is None else labels.to(device), w)
-        return bitflip.ancestral_sample(fn, y_T, self.T, generator=generator, callback=callback)
+        return bitflip.ancestral_sample(fn, x_T.to(device), self.T, generator=generator, callback=callback)
 
 
 def build(cfg: Config) -> BitFlipDiffusion:
