@@ -51,6 +51,9 @@ CASES = [
     ("ve", dict(data="spiral", hidden=16, layers=2, dt=0.25), (2,), [dict(rule="lambda")]),
     ("binary", dict(data="mnist-binary", channels=(8, 16), T=5), (1, 28, 28), [dict()]),
     ("binary", dict(data="mnist-binary", channels=(8, 16), T=5, parameterisation="x0"), (1, 28, 28), [dict()]),
+    ("binary", dict(data="mnist-binary", channels=(8, 16), T=5, num_classes=10), (1, 28, 28), [dict(w=2.0)]),
+    ("absorbing", dict(data="mnist-binary", channels=(8, 16), T=5), (1, 28, 28), [dict(), dict(steps=2)]),
+    ("absorbing", dict(data="mnist-binary", channels=(8, 16), T=5, num_classes=10), (1, 28, 28), [dict(w=2.0)]),
     ("vae", dict(data="mnist-binary", latent_dim=4, iwae_k=3), (1, 28, 28), [dict()]),
     ("vae", dict(data="mnist-grey", likelihood="gaussian", arch="mlp", latent_dim=4, iwae_k=3), (1, 28, 28), [dict()]),
 ]

@@ -25,6 +25,7 @@ from zoo import ZooError
 FORMULATION_MODULES = {
     "gaussian": "zoo.gaussian.model",
     "binary": "zoo.binary.model",
+    "absorbing": "zoo.binary.absorbing_model",
     "ve": "zoo.continuous_time.model",
     "vae": "zoo.vae.model",
 }

@@ -11,6 +11,11 @@ posterior (``x0``).
   estimate of the ELBO in nats.
 - ``nll(batch)``: the ELBO in nats per image with every t evaluated (an upper bound on -log p).
 - ``sample(n)``: ancestral sampling from fair coins, T network evaluations.
+
+With ``num_classes > 0`` the U-Net is class-conditional (null class ``num_classes``, label dropout
+in training) and ``sample(n, labels=..., w=...)`` uses classifier-free guided logits (SPEC 11,
+zoo/binary/guidance.py): on the network output, i.e. the logits of ``Q_t`` (``posterior``) or of
+``P(Y_0 = +1)`` before the posterior is formed (``x0``). ``nll`` is unconditional (the null class).
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import torch
 from torch import nn
 
 from zoo.binary import bitflip
-from zoo.binary.schedules import constant_for_kappa_T, make_deltas
+from zoo.binary.guidance import logits_for, training_labels
+from zoo.binary.schedules import ConfigError, constant_for_kappa_T, make_deltas
 from zoo.common.nets import UNet, UNetConfig
-from zoo.common.utils import module_device
+from zoo.common.utils import module_device, to_device
 
 IMAGE_SHAPE = (1, 28, 28)
 BINARY_DATASETS = ("mnist-binary", "mnist-binary-stochastic")
@@ -45,6 +51,8 @@ class Config:
     embed_dim: int = 128
     groups: int = 8
     eval_batch: int = 2048  # network inputs per call when evaluating the all-t ELBO
+    num_classes: int = 0  # > 0: class-conditional, null class = num_classes
+    label_dropout: float = 0.1  # probability of training on the null class
 
 
 def _deltas(cfg: Config) -> torch.Tensor:
@@ -54,7 +62,7 @@ def _deltas(cfg: Config) -> torch.Tensor:
         "cosine": lambda: {"s": cfg.s},
     }
     if cfg.schedule not in kw:
-        raise ValueError(f"unknown delta schedule {cfg.schedule!r}; choose from {', '.join(kw)}")
+        raise ConfigError(f"unknown delta schedule {cfg.schedule!r}; choose from {', '.join(kw)}")
     return make_deltas(cfg.schedule, cfg.T, **kw[cfg.schedule]())
 
 
@@ -72,32 +80,47 @@ class BitFlipDiffusion(nn.Module):
     def __init__(self, cfg: Config = Config()):
         super().__init__()
         if cfg.data not in BINARY_DATASETS:
-            raise ValueError(f"bit-flip diffusion needs binary data; choose data from {', '.join(BINARY_DATASETS)}")
+            raise ConfigError(f"bit-flip diffusion needs binary data; choose data from {', '.join(BINARY_DATASETS)}")
         if cfg.parameterisation not in PARAMETERISATIONS:
-            raise ValueError(f"unknown parameterisation {cfg.parameterisation!r}; "
-                             f"choose from {', '.join(PARAMETERISATIONS)}")
+            raise ConfigError(f"unknown parameterisation {cfg.parameterisation!r}; "
+                              f"choose from {', '.join(PARAMETERISATIONS)}")
+        if not 0 <= cfg.label_dropout <= 1 or cfg.num_classes < 0:
+            raise ConfigError(f"need label_dropout in [0, 1] and num_classes >= 0, got {cfg.label_dropout}, "
+                              f"{cfg.num_classes}")
         self.cfg, self.T = cfg, cfg.T
         self.register_buffer("deltas", _deltas(cfg), persistent=False)  # (T,) float64
         self._to_logits = PARAMETERISATIONS[cfg.parameterisation]
         self.net = UNet(UNetConfig(channels=tuple(cfg.channels), blocks_per_level=cfg.blocks_per_level,
-                                   embed_dim=cfg.embed_dim, groups=cfg.groups, in_channels=1, out_channels=1))
+                                   embed_dim=cfg.embed_dim, groups=cfg.groups, num_classes=cfg.num_classes,
+                                   in_channels=1, out_channels=1))
 
     @property
     def nfe(self) -> int:
         """Network evaluations per sample."""
         return self.T
 
-    def logits(self, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Logits of Q_t = P_theta(Y_{t-1} = +1 | Y_t), t a long tensor (B,)."""
-        out = self.net(y_t, t.float() / self.T)  # (B, 1, 28, 28)
-        return self._to_logits(out, y_t, t, self.deltas)
+    def net_logits(self, y_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network's per-pixel logits (of Q_t or of P(Y_0 = +1), per parameterisation), class y."""
+        return self.net(y_t, t.float() / self.T, y)  # (B, 1, 28, 28)
+
+    def logits(self, y_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of Q_t = P_theta(Y_{t-1} = +1 | Y_t), t a long tensor (B,); y the class (None: null)."""
+        return self._to_logits(self.net_logits(y_t, t, y), y_t, t, self.deltas)
+
+    def logits_fn(self, labels: torch.Tensor | None = None, w: float = 1.0) -> bitflip.LogitsFn:
+        """(y_t, t) -> logits of Q_t: unconditional, or with the network's logits guided towards
+        `labels` with weight w before Q_t is formed (SPEC 11)."""
+        net_fn = logits_for(self.net_logits, self.cfg.num_classes, labels, w)
+        return lambda y_t, t: self._to_logits(net_fn(y_t, t), y_t, t, self.deltas)
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """BCE against the posterior probability (SPEC 2), t ~ Uniform{1..T}; logs KL and ELBO estimate."""
-        y0 = batch[0].to(module_device(self))
+        batch = to_device(batch, module_device(self))
+        y0 = batch[0]
+        y = training_labels(batch, self.cfg.num_classes, self.cfg.label_dropout)
         t = torch.randint(1, self.T + 1, (y0.shape[0],), device=y0.device)
         y_t = bitflip.q_sample(y0, t, self.deltas)
-        terms = bitflip.step_terms(self.logits(y_t, t), y_t, y0, t, self.deltas)
+        terms = bitflip.step_terms(self.logits(y_t, t, y), y_t, y0, t, self.deltas)
         elbo_est = bitflip.prior_kl(y0, self.deltas) + self.T * terms["kl"].detach()
         return {"loss": terms["bce"].mean(), "kl": terms["kl"].detach().mean(), "elbo_est": elbo_est.mean()}
 
@@ -112,12 +135,19 @@ class BitFlipDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, callback=None,
-               x_T: torch.Tensor | None = None) -> torch.Tensor:
-        """n images in {-1, +1} (n, 1, 28, 28) by ancestral sampling from fair coins (or the given x_T)."""
+               labels: torch.Tensor | None = None, w: float = 1.0, x_T: torch.Tensor | None = None) -> torch.Tensor:
+        """n images in {-1, +1} (n, 1, 28, 28) by ancestral sampling from fair coins (or from x_T).
+
+        A conditional model with no `labels` is guided towards labels 0, 1, ..., num_classes - 1 in
+        turn (as the Gaussian model); w = 0 is unconditional, w = 1 conditional.
+        """
         device = module_device(self)
-        y_T = (bitflip.fair_coins((n, *IMAGE_SHAPE), generator=generator, device=device) if x_T is None
-               else x_T.to(device))
-        return bitflip.ancestral_sample(self.logits, y_T, self.T, generator=generator, callback=callback)
+        if x_T is None:
+            x_T = bitflip.fair_coins((n, *IMAGE_SHAPE), generator=generator, device=device)
+        if self.cfg.num_classes and labels is None:
+            labels = torch.arange(n, device=device) % self.cfg.num_classes
+        fn = self.logits_fn(None if labels is None else labels.to(device), w)
+        return bitflip.ancestral_sample(fn, x_T.to(device), self.T, generator=generator, callback=callback)
 
 
 def build(cfg: Config) -> BitFlipDiffusion:
