@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 ZOO    := $(VENV)/bin/zoo
 PRESET ?= quick
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean gpu-check
 
 $(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# On a machine with one GPU, by hand (never CI): no venv, no network; that machine's own torch.
+# Bring the MNIST cache along and point ZOO_DATA at it. Summary: docs/results/gpu-check.md.
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?= --device cuda
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS) --summary docs/results/gpu-check.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
