@@ -22,10 +22,11 @@ from torch import nn
 
 from zoo.binary import bitflip
 from zoo.binary.schedules import constant_for_kappa_T, make_deltas
+from zoo.common.data import DATASETS, is_binary, is_image
 from zoo.common.nets import UNet, UNetConfig
 
 IMAGE_SHAPE = (1, 28, 28)
-BINARY_DATASETS = ("mnist-binary", "mnist-binary-stochastic")
+BINARY_DATASETS = tuple(name for name in DATASETS if is_image(name) and is_binary(name))
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ PARAMETERISATIONS = {"posterior": _posterior_logits, "x0": bitflip.x0_to_logits}
 class BitFlipDiffusion(nn.Module):
     """Bit-flip diffusion on {-1, +1} images with a U-Net reverse model."""
 
+    NETWORK = "net"  # the submodule whose calls are network evaluations (NFE)
+    NLL_IS_ELBO = True  # nll(batch) is elbo_terms(batch)["total"]
+
     def __init__(self, cfg: Config = Config()):
         super().__init__()
         if cfg.data not in BINARY_DATASETS:
@@ -80,11 +84,6 @@ class BitFlipDiffusion(nn.Module):
         self._to_logits = PARAMETERISATIONS[cfg.parameterisation]
         self.net = UNet(UNetConfig(channels=tuple(cfg.channels), blocks_per_level=cfg.blocks_per_level,
                                    embed_dim=cfg.embed_dim, groups=cfg.groups, in_channels=1, out_channels=1))
-
-    @property
-    def nfe(self) -> int:
-        """Network evaluations per sample."""
-        return self.T
 
     def logits(self, y_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Logits of Q_t = P_theta(Y_{t-1} = +1 | Y_t), t a long tensor (B,)."""
@@ -101,20 +100,26 @@ class BitFlipDiffusion(nn.Module):
         return {"loss": terms["bce"].mean(), "kl": terms["kl"].detach().mean(), "elbo_est": elbo_est.mean()}
 
     @torch.no_grad()
-    def elbo(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def elbo_terms(self, batch: tuple[torch.Tensor, ...],
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The all-t ELBO terms of `bitflip.elbo_all_t`: prior (B,), kl (B, T), total (B,) in nats."""
         return bitflip.elbo_all_t(self.logits, batch[0], self.deltas, generator, self.cfg.eval_batch)
 
+    elbo = elbo_terms  # the earlier name
+
     def nll(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator | None = None) -> torch.Tensor:
         """The ELBO bound on -log p(Y_0) in nats per image (B,), every t evaluated."""
-        return self.elbo(batch, generator)["total"]
+        return self.elbo_terms(batch, generator)["total"]
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
-        """n images in {-1, +1} (n, 1, 28, 28) by ancestral sampling from fair coins."""
+    def sample(self, n: int, x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               callback=None) -> torch.Tensor:
+        """n images in {-1, +1} (n, 1, 28, 28) by ancestral sampling from fair coins (or from `x_T`)."""
         device = self.deltas.device
-        y_T = bitflip.fair_coins((n, *IMAGE_SHAPE), generator=generator, device=device)
-        return bitflip.ancestral_sample(self.logits, y_T, self.T, generator=generator, callback=callback)
+        if x_T is None:
+            on = generator.device if generator is not None else device  # the generator's device
+            x_T = bitflip.fair_coins((n, *IMAGE_SHAPE), generator=generator, device=on)
+        return bitflip.ancestral_sample(self.logits, x_T.to(device), self.T, generator=generator, callback=callback)
 
 
 def build(cfg: Config) -> BitFlipDiffusion:

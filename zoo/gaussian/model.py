@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from zoo.common.nets import build_net
-from zoo.formulations import DATASETS
+from zoo.common.data import DATASETS, example_shape
 from zoo.gaussian import losses as L
 from zoo.gaussian.likelihood import elbo_terms
 from zoo.gaussian.process import REVERSE_VARIANCES, VPProcess
@@ -78,7 +78,7 @@ def validate(cfg: Config) -> None:
 
 def data_shape(data: str) -> tuple[int, ...]:
     """Shape of one example of a dataset's view."""
-    return (2,) if DATASETS[data][0] == "toy" else (1, 28, 28)
+    return example_shape(data)
 
 
 def _schedule_kw(cfg: Config) -> dict:
@@ -87,6 +87,9 @@ def _schedule_kw(cfg: Config) -> dict:
 
 class GaussianDiffusion(nn.Module):
     """A network plus the VP process: loss, sample, nll and param_groups for the shared Trainer."""
+
+    NETWORK = "net"  # the submodule whose calls are network evaluations (NFE)
+    NLL_IS_ELBO = True  # nll(batch) is elbo_terms(batch)["total"]
 
     def __init__(self, cfg: Config):
         super().__init__()
@@ -165,14 +168,16 @@ class GaussianDiffusion(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
+    def sample(self, n: int, x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, variance: str | None = None,
                method: str | None = None, w: float | None = None, labels: torch.Tensor | None = None,
                callback=None) -> torch.Tensor:
         """n samples in the data view ((n, 1, 28, 28) in [-1, 1] for MNIST, (n, 2) for toys).
 
-        Unset options fall back to the config. A conditional model with no `labels` is guided
-        towards labels 0, 1, ..., num_classes - 1 in turn.
+        Unset options fall back to the config. `x_T` is the starting noise (default: drawn with
+        `generator`). A conditional model with no `labels` is guided towards labels 0, 1, ...,
+        num_classes - 1 in turn.
         """
         cfg, dev = self.cfg, next(self.parameters()).device
         sampler = sampler or cfg.sampler
@@ -182,7 +187,9 @@ class GaussianDiffusion(nn.Module):
             labels = torch.arange(n, device=dev) % cfg.num_classes
         denoiser = self.denoiser(None if labels is None else labels.to(dev), cfg.w if w is None else w,
                                  clip=cfg.clip_x0 and self.discrete)
-        x_T = torch.randn((n, *self.shape), generator=generator).to(dev)
+        if x_T is None:  # drawn on the generator's device (CPU by default), so a seed means the same noise
+            x_T = torch.randn((n, *self.shape), generator=generator, device=generator.device if generator else "cpu")
+        x_T = x_T.to(dev)
         steps = steps or cfg.steps or 50
         kw = {
             "ddpm": lambda: dict(variance=variance or cfg.variance, generator=generator),
