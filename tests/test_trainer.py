@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from zoo.common.trainer import CheckpointError, NonFiniteLoss, TrainConfig, Trainer, load_checkpoint, lr_factor
+from zoo.common.trainer import EMA, CheckpointError, NonFiniteLoss, TrainConfig, Trainer, load_checkpoint, lr_factor
 
 
 class Regress(nn.Module):
@@ -64,6 +64,7 @@ def test_resume_is_bit_identical(tmp_path, stop_step):
         assert torch.equal(a, b), k
     for k, a in full.ema.shadow.items():
         assert torch.equal(a, second.ema.shadow[k]), k
+    assert second.ema.updates == full.ema.updates == 24
     assert full.optimizer.param_groups[0]["lr"] == second.optimizer.param_groups[0]["lr"]
 
 
@@ -140,3 +141,51 @@ def test_ema_swaps_weights_in_and_out():
         assert not torch.equal(m.net[0].weight, own["net.0.weight"])
         assert torch.equal(m.net[0].weight, tr.ema.shadow["net.0.weight"])
     assert torch.equal(tr.model.net[0].weight, own["net.0.weight"])
+
+
+class Scalar(nn.Module):
+    """One parameter p: lets a test set the weights the EMA sees at every update."""
+
+    def __init__(self, p0: float):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(p0, dtype=torch.float64))
+
+
+def test_ema_update_matches_hand_computed_sequence():
+    # d_n = min(0.25, (1 + n)/(10 + n)): 1/10, 2/11, then 3/12 = 0.25 reaches the cap and stays there
+    model = Scalar(4.0)
+    ema = EMA(model, decay=0.25)
+    expected, d_seq = 4.0, [1 / 10, 2 / 11, 0.25, 0.25, 0.25, 0.25]
+    for n, (value, d) in enumerate(zip([1.0, -2.0, 3.0, 0.5, 7.0, -1.0], d_seq)):
+        assert ema.current_decay() == pytest.approx(d)
+        model.p.data.fill_(value)
+        ema.update(model)
+        expected = d * expected + (1 - d) * value
+        assert ema.shadow["p"].item() == pytest.approx(expected, rel=1e-12), n
+    assert ema.updates == 6
+    plain = EMA(Scalar(4.0), decay=0.5, warmup=False)
+    assert plain.current_decay() == 0.5
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    """The EMA's weight on the initial parameters is < 1e-3 after every n >= 100 updates at decay 0.9999.
+
+    The EMA is linear in the weights it sees: starting from p0 = 1 and seeing 0 at every update,
+    the shadow *is* the weight left on the initial parameters (without warm-up it would be 0.9999^n).
+    """
+    model = Scalar(1.0)
+    ema = EMA(model, decay=0.9999)
+    model.p.data.zero_()
+    for n in range(1, 2001):
+        ema.update(model)
+        if n >= 100:
+            assert ema.shadow["p"].item() < 1e-3, n
+    assert ema.shadow["p"].item() > 0  # the average still moves gradually
+
+
+def test_trainer_ema_state_in_checkpoint(tmp_path):
+    tr = Trainer(Regress(), _data(), _cfg(max_steps=5), out_dir=tmp_path)
+    tr.fit()
+    ckpt = load_checkpoint(tmp_path / "train.ckpt")
+    assert ckpt["ema_updates"] == 5
+    assert all(torch.equal(v, tr.ema.shadow[k]) for k, v in ckpt["ema"].items())
