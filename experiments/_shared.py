@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 import torch
 
@@ -10,6 +12,7 @@ from experiments.registry import RunContext
 from zoo.common.data import load_mnist
 from zoo.common.metrics import total_variation  # noqa: F401  (re-exported)
 from zoo.common.trainer import TrainConfig, Trainer
+from zoo.evaluation import EvalConfig
 from zoo.gaussian.model import Config, GaussianDiffusion
 from zoo.runs import epoch_curve, step_curve  # noqa: F401  (re-exported)
 
@@ -57,3 +60,26 @@ def unit_and_tv(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """[-1, 1] samples -> ([0, 1] images, their mean total variation)."""
     unit = (x.clamp(-1, 1) + 1) / 2
     return unit, float(total_variation(unit).mean())
+
+
+@dataclass(frozen=True)
+class MicroUnetRun:
+    """The budget of the sampler experiments: a micro-U-Net trained on MNIST, then sampled."""
+
+    model: Config = MICRO_UNET
+    train: TrainConfig = TrainConfig(epochs=5, batch_size=128, lr=1e-3, ema_decay=0.999, log_every=10, val_every=0)
+    eval: EvalConfig = EvalConfig(n_samples=1000, sample_chunk=500, n_test=0)
+    n_train: int | None = None  # None: all 50k training images
+
+
+def sampler_presets(base: MicroUnetRun, quick_epochs: int, **smoke) -> dict:
+    """smoke (seconds, `smoke` sets the sampler fields), quick (minutes on 2 CPU cores), paper (`base`)."""
+    return {
+        "smoke": replace(base, model=replace(MICRO_UNET, channels=(8, 16), T=100), n_train=128,
+                         train=replace(base.train, epochs=1, batch_size=64, ema_decay=0.0),
+                         eval=replace(base.eval, n_samples=16, sample_chunk=16), **smoke),
+        "quick": replace(base, model=replace(MICRO_UNET, channels=(16, 32)),
+                         train=replace(base.train, epochs=quick_epochs, lr=2e-3, ema_decay=0.99),
+                         eval=replace(base.eval, n_samples=128, sample_chunk=128)),
+        "paper": base,
+    }

@@ -8,25 +8,19 @@ with the simple loss under the cosine schedule; then every sampler starts from t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from experiments._shared import MICRO_UNET, loss_figure, train_unet, unit_and_tv
+from experiments._shared import MicroUnetRun, loss_figure, sampler_presets, train_unet, unit_and_tv
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
-from zoo.common.trainer import TrainConfig
-from zoo.evaluation import EvalConfig, draw, quality, real_floor
-from zoo.gaussian.model import Config
+from zoo.evaluation import draw, quality, real_floor
 from zoo.report import Report, Result, figure, verdict
 
 
 @dataclass(frozen=True)
-class DdpmVsDdimConfig:
-    model: Config = MICRO_UNET
-    train: TrainConfig = TrainConfig(epochs=5, batch_size=128, lr=1e-3, ema_decay=0.999, log_every=10, val_every=0)
-    eval: EvalConfig = EvalConfig(n_samples=1000, sample_chunk=500, n_test=0)
-    n_train: int | None = None  # None: all 50k training images
+class DdpmVsDdimConfig(MicroUnetRun):
     ddim_steps: tuple[int, ...] = (10, 20, 50, 100)
     compare_steps: int = 50  # the DDIM run held against DDPM (T/20: the seed's 50 of 1000)
     close: float = 1.25  # "close in quality": its classifier FID <= close x DDPM's
@@ -114,15 +108,6 @@ def run(cfg: DdpmVsDdimConfig, ctx: RunContext) -> Result:
     return Result(metrics, Report(title, CLAIM, body, finding, v))
 
 
-_BASE = DdpmVsDdimConfig()
-PRESETS = {
-    "smoke": replace(_BASE, model=replace(MICRO_UNET, channels=(8, 16), T=100), n_train=128,
-                     train=replace(_BASE.train, epochs=1, batch_size=64, ema_decay=0.0),
-                     eval=replace(_BASE.eval, n_samples=16, sample_chunk=16), ddim_steps=(5, 10), compare_steps=5),
-    "quick": replace(_BASE, model=replace(MICRO_UNET, channels=(16, 32)),
-                     train=replace(_BASE.train, epochs=3, lr=2e-3, ema_decay=0.99),
-                     eval=replace(_BASE.eval, n_samples=128, sample_chunk=128)),
-    "paper": _BASE,
-}
+PRESETS = sampler_presets(DdpmVsDdimConfig(), quick_epochs=3, ddim_steps=(5, 10), compare_steps=5)
 experiment("ddpm-vs-ddim", "cosine T = 1000 micro-U-Net: DDPM 1000 steps vs DDIM 10-100 steps, grids, time, NFE, FID",
            PRESETS, order=6)(run)

@@ -10,26 +10,20 @@ plotted both against steps and against NFE. "Smoother" is measured too: the mean
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from experiments._shared import MICRO_UNET, loss_figure, train_unet, unit_and_tv
+from experiments._shared import MicroUnetRun, loss_figure, sampler_presets, train_unet, unit_and_tv
 from experiments.plotting import image_grid, markdown_table, plt
 from experiments.registry import RunContext, experiment
-from zoo.common.trainer import TrainConfig
-from zoo.evaluation import EvalConfig, draw, quality, real_floor
-from zoo.gaussian.model import Config
+from zoo.evaluation import draw, quality, real_floor
 from zoo.gaussian.samplers import ODE_METHODS
 from zoo.report import Report, Result, figure, verdict
 
 
 @dataclass(frozen=True)
-class OdeSamplersConfig:
-    model: Config = MICRO_UNET
-    train: TrainConfig = TrainConfig(epochs=5, batch_size=128, lr=1e-3, ema_decay=0.999, log_every=10, val_every=0)
-    eval: EvalConfig = EvalConfig(n_samples=1000, sample_chunk=500, n_test=0)
-    n_train: int | None = None  # None: all 50k training images
+class OdeSamplersConfig(MicroUnetRun):
     steps: tuple[int, ...] = (5, 10, 20, 50, 100)
     grid_steps: tuple[int, ...] = (5, 10, 20)  # step counts shown as 4x4 grids
 
@@ -128,15 +122,6 @@ def run(cfg: OdeSamplersConfig, ctx: RunContext) -> Result:
     return Result(metrics, Report("Probability-flow ODE: Euler vs Heun", CLAIM, body, finding, v))
 
 
-_BASE = OdeSamplersConfig()
-PRESETS = {
-    "smoke": replace(_BASE, model=replace(MICRO_UNET, channels=(8, 16), T=100), n_train=128,
-                     train=replace(_BASE.train, epochs=1, batch_size=64, ema_decay=0.0),
-                     eval=replace(_BASE.eval, n_samples=16, sample_chunk=16), steps=(3, 6), grid_steps=(3, 6)),
-    "quick": replace(_BASE, model=replace(MICRO_UNET, channels=(16, 32)),
-                     train=replace(_BASE.train, epochs=1, lr=2e-3, ema_decay=0.99),
-                     eval=replace(_BASE.eval, n_samples=128, sample_chunk=128)),
-    "paper": _BASE,
-}
+PRESETS = sampler_presets(OdeSamplersConfig(), quick_epochs=1, steps=(3, 6), grid_steps=(3, 6))
 experiment("ode-samplers", "probability-flow ODE: Euler vs Heun at 5-100 steps, FID vs steps and NFE, grids",
            PRESETS, order=8)(run)

@@ -14,8 +14,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from experiments._ve_lambda_figures import (plot_gaussian_demo, plot_spiral_samples, plot_trajectory,
-                                            plot_velocity_field, rule_label)
+from experiments._ve_lambda_parts import (endpoint_stats, gaussian_demo, parse_rule, plot_gaussian_demo,
+                                          plot_spiral_samples, plot_trajectory, plot_velocity_field,
+                                          point_mass_demo, rule_label)
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist, spiral
@@ -78,42 +79,10 @@ trajectories look more perpendicular to the underlying manifold".
 """
 
 
-def parse_rule(rule: str):
-    """'stochastic' | 'lambda' | a number (a fixed lambda) -> the `ve.sample` rule."""
-    return rule if rule in ("stochastic", "lambda") else float(rule)
-
-
 def _one_epoch(x: torch.Tensor, train: TrainConfig) -> torch.Tensor:
     """Repeat a small training set so that one epoch holds the whole step budget (one checkpoint per run)."""
     reps = max(1, math.ceil(train.steps * train.batch_size / len(x)))
     return x.repeat(reps, *([1] * (x.ndim - 1)))
-
-
-def gaussian_demo(cfg: VELambdaConfig, seed: int) -> tuple[dict, dict]:
-    """Std of x_0 per rule and dt for p0 = N(0, s^2), x_1 ~ p_1 = N(0, s^2 + sigma_q^2), exact f."""
-    s, sq = cfg.demo_std, cfg.demo_sigma_q
-    stds, samples = {}, {}
-    for dt in cfg.demo_dts:
-        f = ve.f_from_x0_mean(ve.gaussian_x0_mean(0.0, s, sq), dt)
-        g = torch.Generator().manual_seed(seed)
-        x_1 = math.sqrt(s ** 2 + sq ** 2) * torch.randn(cfg.demo_n, 1, generator=g, dtype=torch.float64)
-        stds[str(dt)] = {}
-        for rule in cfg.rules:
-            x0 = ve.sample(f, x_1, dt, parse_rule(rule), sq, generator=g)
-            stds[str(dt)][rule] = x0.std().item()
-            if dt == min(cfg.demo_dts):
-                samples[rule] = x0.squeeze(1)
-    return stds, samples
-
-
-def point_mass_demo(cfg: VELambdaConfig, seed: int) -> dict:
-    """Mean distance of x_0 to the point x0 = (0.5, -0.5) per rule, exact f, dt = field_dt."""
-    x0 = torch.tensor([0.5, -0.5], dtype=torch.float64)
-    f = ve.f_from_x0_mean(ve.gaussian_x0_mean(x0, 0.0, cfg.demo_sigma_q), cfg.field_dt)
-    g = torch.Generator().manual_seed(seed)
-    x_1 = x0 + cfg.demo_sigma_q * torch.randn(2000, 2, generator=g, dtype=torch.float64)
-    return {rule: (ve.sample(f, x_1, cfg.field_dt, parse_rule(rule), cfg.demo_sigma_q, generator=g) - x0)
-            .norm(dim=1).mean().item() for rule in cfg.rules}
 
 
 def spiral_part(cfg: VELambdaConfig, ctx: RunContext) -> tuple[dict, str]:
@@ -134,15 +103,6 @@ def spiral_part(cfg: VELambdaConfig, ctx: RunContext) -> tuple[dict, str]:
     return out, plot_spiral_samples(samples, out, title, ctx)
 
 
-def _endpoint_stats(end: torch.Tensor, points: torch.Tensor, curve: torch.Tensor) -> dict:
-    """Memorisation vs generalisation of sampler endpoints (B, 2): distance to the nearest training
-    point, to the underlying spiral, and the share landing within 0.05 of a training point."""
-    d_train = torch.cdist(end, points).min(1).values
-    return {"dist_to_nearest_training_point": d_train.mean().item(),
-            "dist_to_spiral": torch.cdist(end, curve).min(1).values.mean().item(),
-            "share_on_a_training_point": (d_train < 0.05).float().mean().item()}
-
-
 def trajectories_part(cfg: VELambdaConfig, ctx: RunContext) -> tuple[dict, str]:
     curve, mc = spiral(2000), cfg.model.traj
     x_1 = mc.sigma_q * torch.randn(cfg.traj_n, 2, generator=torch.Generator().manual_seed(ctx.seed + 1))
@@ -157,8 +117,8 @@ def trajectories_part(cfg: VELambdaConfig, ctx: RunContext) -> tuple[dict, str]:
         path = []
         end = model.sample(len(x_1), x_T=x_1, rule="lambda", callback=lambda t, x: path.append((t, x.clone())))
         ideal = ve.f_from_x0_mean(ve.points_x0_mean(points, mc.sigma_q), mc.dt)
-        out[str(n)] = {"mlp": _endpoint_stats(end, points, curve),
-                       "exact": _endpoint_stats(ve.sample(ideal, x_1, mc.dt), points, curve)}
+        out[str(n)] = {"mlp": endpoint_stats(end, points, curve),
+                       "exact": endpoint_stats(ve.sample(ideal, x_1, mc.dt), points, curve)}
         lc = plot_trajectory(ax, path, points, curve, n)
     fig.colorbar(lc, ax=axes[0].tolist(), label="t (1 = noise, 0 = data)", shrink=0.8)
     fig.suptitle("DDIM (lambda rule) trajectories, 3-layer ReLU MLP of 128 units")

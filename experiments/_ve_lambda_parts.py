@@ -1,5 +1,6 @@
-"""Figures of the `ve-lambda` experiment: the lambda rule and Gaussian demo, the velocity field,
-sampler scatters on the spiral and trajectories (the experiment is experiments/ve_lambda.py)."""
+"""Parts of the `ve-lambda` experiment (experiments/ve_lambda.py): the exact-denoiser demos (no
+training), endpoint statistics, and the figures (lambda rule and Gaussian demo, velocity field,
+sampler scatters on the spiral, trajectories)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,47 @@ from matplotlib.collections import LineCollection
 from experiments.plotting import plt
 from zoo.common.data import spiral
 from zoo.continuous_time import ve
+
+
+def parse_rule(rule: str):
+    """'stochastic' | 'lambda' | a number (a fixed lambda) -> the `ve.sample` rule."""
+    return rule if rule in ("stochastic", "lambda") else float(rule)
+
+
+def gaussian_demo(cfg, seed: int) -> tuple[dict, dict]:
+    """Std of x_0 per rule and dt for p0 = N(0, s^2), x_1 ~ p_1 = N(0, s^2 + sigma_q^2), exact f."""
+    s, sq = cfg.demo_std, cfg.demo_sigma_q
+    stds, samples = {}, {}
+    for dt in cfg.demo_dts:
+        f = ve.f_from_x0_mean(ve.gaussian_x0_mean(0.0, s, sq), dt)
+        g = torch.Generator().manual_seed(seed)
+        x_1 = math.sqrt(s ** 2 + sq ** 2) * torch.randn(cfg.demo_n, 1, generator=g, dtype=torch.float64)
+        stds[str(dt)] = {}
+        for rule in cfg.rules:
+            x0 = ve.sample(f, x_1, dt, parse_rule(rule), sq, generator=g)
+            stds[str(dt)][rule] = x0.std().item()
+            if dt == min(cfg.demo_dts):
+                samples[rule] = x0.squeeze(1)
+    return stds, samples
+
+
+def point_mass_demo(cfg, seed: int) -> dict:
+    """Mean distance of x_0 to the point x0 = (0.5, -0.5) per rule, exact f, dt = field_dt."""
+    x0 = torch.tensor([0.5, -0.5], dtype=torch.float64)
+    f = ve.f_from_x0_mean(ve.gaussian_x0_mean(x0, 0.0, cfg.demo_sigma_q), cfg.field_dt)
+    g = torch.Generator().manual_seed(seed)
+    x_1 = x0 + cfg.demo_sigma_q * torch.randn(2000, 2, generator=g, dtype=torch.float64)
+    return {rule: (ve.sample(f, x_1, cfg.field_dt, parse_rule(rule), cfg.demo_sigma_q, generator=g) - x0)
+            .norm(dim=1).mean().item() for rule in cfg.rules}
+
+
+def endpoint_stats(end: torch.Tensor, points: torch.Tensor, curve: torch.Tensor) -> dict:
+    """Memorisation vs generalisation of sampler endpoints (B, 2): distance to the nearest training
+    point, to the underlying spiral, and the share landing within 0.05 of a training point."""
+    d_train = torch.cdist(end, points).min(1).values
+    return {"dist_to_nearest_training_point": d_train.mean().item(),
+            "dist_to_spiral": torch.cdist(end, curve).min(1).values.mean().item(),
+            "share_on_a_training_point": (d_train < 0.05).float().mean().item()}
 
 
 def rule_label(rule: str) -> str:
