@@ -10,32 +10,30 @@ asked label (agreement), classifier FID and pixel FID (zoo.common.metrics).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from experiments._shared import epoch_curve, timed, train
 from experiments.plotting import image_grid, markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist
-from zoo.common.metrics import agreement, sample_metrics
+from zoo.common.trainer import TrainConfig
+from zoo.evaluation import EvalConfig, draw, quality
 from zoo.gaussian.model import Config, GaussianDiffusion
+from zoo.report import Report, Result, figure, verdict
+from zoo.runs import epoch_curve
 
 
 @dataclass(frozen=True)
 class GuidanceConfig:
+    # A class-conditional U-Net (null class 10), cosine schedule (suits few-step DDIM and short
+    # training), DDIM sampling with eta = 0.
+    model: Config = Config(arch="unet", channels=(16, 32), num_classes=10, label_dropout=0.2, schedule="cosine",
+                           T=1000, param="eps", loss="simple", sampler="ddim", steps=20, eta=0.0)
+    train: TrainConfig = TrainConfig(epochs=15, batch_size=128, lr=2e-3, lr_schedule="cosine", ema_decay=0.99)
+    eval: EvalConfig = EvalConfig(n_samples=200, sample_chunk=200, n_test=0)  # per w, labels 0..9 in turn
     n_train: int | None = 12000  # first n MNIST train images (None: all 50k)
-    channels: tuple[int, ...] = (16, 32)  # U-Net widths
-    label_dropout: float = 0.2  # probability of training on the null class
-    schedule: str = "cosine"  # suits few-step DDIM and short training (ddpm-vs-ddim)
-    T: int = 1000
-    epochs: int = 15
-    batch_size: int = 128
-    lr: float = 2e-3
-    ema_decay: float = 0.99
     ws: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
-    n_samples: int = 200  # per w, labels 0, 1, ..., 9 in turn
-    steps: int = 20  # DDIM steps (eta = 0)
 
 
 CLAIM = """
@@ -87,31 +85,26 @@ def _curves_figure(rows: list[dict], chance: float):
     return fig
 
 
-def run(cfg: GuidanceConfig, ctx: RunContext) -> dict:
+def run(cfg: GuidanceConfig, ctx: RunContext) -> Result:
     x, y = load_mnist("train", view="grey", limit=cfg.n_train)
-    model = GaussianDiffusion(Config(arch="unet", channels=cfg.channels, num_classes=10,
-                                     label_dropout=cfg.label_dropout, schedule=cfg.schedule, T=cfg.T,
-                                     param="eps", loss="simple", sampler="ddim", steps=cfg.steps, eta=0.0))
-    trainer = train(ctx, model, (x, y), "unet", epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                    lr_schedule="cosine", ema_decay=cfg.ema_decay, log_every=50)
-
-    labels = torch.arange(cfg.n_samples) % 10  # (N,) 0, 1, ..., 9 in turn: rows of the grid
-    rows, grids = [], {}
+    model = GaussianDiffusion(cfg.model)
+    trainer = ctx.fit(model, (x, y), cfg.train, "unet")
+    n = cfg.eval.n_samples
+    labels = torch.arange(n) % 10  # (N,) 0, 1, ..., 9 in turn: rows of the grid
+    rows, grids, nfe = [], {}, 0
     with trainer.averaged() as m:
         for w in cfg.ws:
             gen = torch.Generator().manual_seed(ctx.seed + 1)  # the same x_T for every w
-            samples, seconds = timed(lambda: m.sample(cfg.n_samples, generator=gen, sampler="ddim",
-                                                      steps=cfg.steps, eta=0.0, w=w, labels=labels), ctx.device)
-            unit = (samples.cpu() + 1) / 2  # (N, 1, 28, 28) in [0, 1]
-            agree = agreement(unit, labels)
-            rows.append({"w": w, "agreement": agree, **sample_metrics(unit), "sample_seconds": seconds})
-            grids[f"w = {w:g}: agreement {agree:.2f} over {cfg.n_samples} samples"] = unit[:GRID_ROWS * 10]
+            out = draw(m, n, cfg.eval.sample_chunk, gen, w=w, labels=labels)
+            r = {"w": w, **quality(out.x, cfg.model.data, cfg.eval.n_ref, labels=labels), "sample_seconds": out.seconds}
+            rows.append(r)
+            nfe = out.nfe
+            grids[f"w = {w:g}: agreement {r['agreement']:.2f} over {n} samples"] = ((out.x + 1) / 2)[:GRID_ROWS * 10]
 
     grids_png = ctx.savefig(_grids_figure(grids, nrow=10), "grids")
     curves_png = ctx.savefig(_curves_figure(rows, chance=0.1), "agreement_fid")
-
     agree = [r["agreement"] for r in rows]
-    se = [math.sqrt(max(a * (1 - a), 0.09) / cfg.n_samples) for a in agree]  # binomial SE (floor p = 0.1)
+    se = [math.sqrt(max(a * (1 - a), 0.09) / n) for a in agree]  # binomial SE (floor p = 0.1)
     rises = all(b > a - 2 * s for a, b, s in zip(agree, agree[1:], se[1:])) and agree[-1] > agree[0] + 4 * se[0]
     near_chance = abs(agree[0] - 0.1) < 3 * se[0]
     reproduced = rises and near_chance
@@ -119,51 +112,43 @@ def run(cfg: GuidanceConfig, ctx: RunContext) -> dict:
     seed_vs_run = ", ".join(f"w = {w:g}: {at[w]:.2f} vs {s:.2f}" for w, s in SEED_AGREEMENT.items() if w in at)
     best = min(rows, key=lambda r: r["classifier_fid"])
     train_curve = epoch_curve(trainer, "train_loss")
-    table = markdown_table(rows, ["w", "agreement", "classifier_fid", "pixel_fid", "sample_seconds"])
     arrow = lambda key: " -> ".join(f"{r[key]:.2f}" for r in rows)  # noqa: E731
-    body = (
-        f"Training: the first {len(x)} MNIST train images, U-Net channels {cfg.channels} "
-        f"({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) with a class embedding, "
-        f"label dropout {cfg.label_dropout}, {cfg.schedule} schedule T = {cfg.T}, simple loss, {cfg.epochs} epochs of "
-        f"batch {cfg.batch_size} ({trainer.step} steps, lr {cfg.lr:g} cosine, EMA {cfg.ema_decay}) in "
-        f"{trainer.train_seconds:.0f} s on {torch.get_num_threads()} torch thread(s); final train loss "
-        f"{train_curve[-1]:.4f}. Sampling: DDIM, eta = 0, {cfg.steps} steps (NFE {2 * cfg.steps}: the null and "
-        f"the conditional evaluation are one batch of 2N), EMA weights, {cfg.n_samples} samples per w with labels "
-        f"0-9 in turn and the same starting noise for every w. Agreement: the shipped classifier's argmax equals "
-        f"the asked label; FIDs against MNIST test (classifier: all 10k test images; pixel: the first 1000). With "
-        f"{cfg.n_samples} samples the FIDs carry a small-sample bias, so compare them across w, not with "
-        f"1000-sample numbers elsewhere.\n\n{table}\n\n![agreement and FID against w]({curves_png})\n\n"
-        f"Each grid: the first 40 samples of that w, four rows of the asked digits 0-9 (one column per "
-        f"digit, as in the seed); same noise in the same cell across w.\n\n![grids]({grids_png})\n\n"
-        f"**Finding.** Agreement goes {' -> '.join(f'{a:.2f}' for a in agree)} for w = "
-        f"{', '.join(f'{w:g}' for w in cfg.ws)}. It {'rises' if rises else 'does not rise steadily'} with w "
-        f"(criterion: no step down by more than 2 binomial standard errors, and w = {cfg.ws[-1]:g} above w = 0 by "
-        f"more than 4), and w = 0 is {'near' if near_chance else 'not near'} chance ({agree[0]:.2f} against 0.10, "
-        f"criterion: within 3 standard errors; with balanced asked labels the unguided model's expected agreement "
-        f"is exactly 1/10, whatever its class frequencies). Reproduced: {'yes' if reproduced else 'no'}. "
-        f"That criterion is about the direction; against the seed's transcribed grids the level differs "
-        f"(this run vs the seed: {seed_vs_run}). The write-up does not state its training budget (its loss "
-        f"figure is missing); this model saw {trainer.step} steps of batch {cfg.batch_size}, and its samples are "
-        f"still only partly digit-like (classifier FID {rows[0]['classifier_fid']:.0f} at w = {cfg.ws[0]:g}), so "
-        f"the class embedding has had little training to separate the digits; the `paper` preset trains "
-        f"{PRESETS['paper'].epochs} epochs of all 50k images. "
-        f"Quality (which the seed does not measure): classifier FID is lowest at w = {best['w']:g} "
-        f"({best['classifier_fid']:.2f}); it goes {arrow('classifier_fid')} and pixel "
-        f"FID {arrow('pixel_fid')} across the same w.")
-    ctx.write_report("Classifier-free guidance: agreement with the asked digit against w", CLAIM, body)
-    return {"ws": list(cfg.ws), "agreement": agree, "classifier_fid": [r["classifier_fid"] for r in rows],
-            "pixel_fid": [r["pixel_fid"] for r in rows], "sample_seconds": [r["sample_seconds"] for r in rows],
-            "nfe_per_sample": 2 * cfg.steps, "n_samples": cfg.n_samples, "final_train_loss": train_curve[-1],
-            "train_seconds": trainer.train_seconds, "train_steps": trainer.step,
-            "agreement_rises": rises, "w0_near_chance": near_chance, "reproduced": reproduced}
+    body = [f"{trainer.step} training steps in {trainer.train_seconds:.0f} s, final train loss {train_curve[-1]:.4f}; "
+            f"{nfe} network evaluations per sample (the null and the conditional evaluation are one batch of 2N). "
+            f"Agreement: the shipped classifier's argmax equals the asked label. With {n} samples the FIDs carry a "
+            f"small-sample bias: compare them across w.",
+            markdown_table(rows, ["w", "agreement", "classifier_fid", "pixel_fid", "sample_seconds"]),
+            figure(curves_png),
+            "Each grid: the first 40 samples of that w, four rows of the asked digits 0-9 (one column per digit, "
+            "as in the seed); same noise in the same cell across w.", figure(grids_png)]
+    finding = (f"Agreement goes {' -> '.join(f'{a:.2f}' for a in agree)} for w = {', '.join(f'{w:g}' for w in cfg.ws)}: "
+               f"it {'rises' if rises else 'does not rise steadily'} with w, and w = 0 is "
+               f"{'near' if near_chance else 'not near'} chance ({agree[0]:.2f} against 0.10; with balanced asked "
+               f"labels the unguided model's expected agreement is exactly 1/10). Against the seed's transcribed "
+               f"grids the level differs ({seed_vs_run}); this model's samples are still only partly digit-like "
+               f"(classifier FID {rows[0]['classifier_fid']:.0f} at w = {cfg.ws[0]:g}). Quality (which the seed does "
+               f"not measure): classifier FID is lowest at w = {best['w']:g}; it goes {arrow('classifier_fid')} and "
+               f"pixel FID {arrow('pixel_fid')}.")
+    v = verdict(reproduced, f"agreement never steps down by more than 2 binomial standard errors, w = {cfg.ws[-1]:g} "
+                f"is above w = 0 by more than 4, and w = 0 is within 3 of chance", agreement=agree)
+    metrics = {"ws": list(cfg.ws), "agreement": agree, "classifier_fid": [r["classifier_fid"] for r in rows],
+               "pixel_fid": [r["pixel_fid"] for r in rows], "sample_seconds": [r["sample_seconds"] for r in rows],
+               "nfe_per_sample": nfe, "n_samples": n, "final_train_loss": train_curve[-1],
+               "train_seconds": trainer.train_seconds, "train_steps": trainer.step,
+               "agreement_rises": rises, "w0_near_chance": near_chance, "reproduced": reproduced}
+    title = "Classifier-free guidance: agreement with the asked digit against w"
+    return Result(metrics, Report(title, CLAIM, body, finding, v))
 
 
+_BASE = GuidanceConfig()
 PRESETS = {
-    "smoke": GuidanceConfig(n_train=128, channels=(8, 16), epochs=1, batch_size=64, ws=(0.0, 1.0, 4.0),
-                            n_samples=40, steps=3),
-    "quick": GuidanceConfig(),
-    "paper": GuidanceConfig(n_train=None, channels=(32, 64, 128), label_dropout=0.1, epochs=30, lr=1e-3,
-                            ema_decay=0.999, n_samples=1000, steps=100),
+    "smoke": replace(_BASE, n_train=128, model=replace(_BASE.model, channels=(8, 16), steps=3),
+                     train=replace(_BASE.train, epochs=1, batch_size=64), ws=(0.0, 1.0, 4.0),
+                     eval=replace(_BASE.eval, n_samples=40, sample_chunk=40)),
+    "quick": _BASE,
+    "paper": replace(_BASE, n_train=None, model=replace(_BASE.model, channels=(32, 64, 128), label_dropout=0.1, steps=100),
+                     train=replace(_BASE.train, epochs=30, lr=1e-3, ema_decay=0.999),
+                     eval=replace(_BASE.eval, n_samples=1000, sample_chunk=1000)),
 }
 experiment("guidance", "class-conditional U-Net, classifier-free guidance w in {0, .5, 1, 2, 4}: grids, "
            "agreement, FID", PRESETS, order=7)(run)

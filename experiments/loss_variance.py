@@ -11,34 +11,29 @@ subset's average training loss (the seed's compute_variability_history), and the
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from experiments._shared import epoch_curve, quantiles, remove_checkpoints, seed001_config, train
+from experiments._shared import SEED001, SEED001_TRAIN, quantiles
 from experiments.plotting import markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist
-from zoo.gaussian.model import GaussianDiffusion
+from zoo.common.trainer import TrainConfig
+from zoo.gaussian.model import Config, GaussianDiffusion
+from zoo.report import Report, Result, figure, verdict
+from zoo.runs import epoch_curve
 
 REDUCTIONS = ("sum", "mean")
 
 
 @dataclass(frozen=True)
 class LossVarianceConfig:
+    model: Config = SEED001  # the seed's ScoreNet() default widths; mm_reduction: set per run
+    train: TrainConfig = SEED001_TRAIN
     n_subsets: int = 20
     subset_size: int = 1000
-    channels: tuple[int, ...] = (32, 64, 128, 256)  # the seed's ScoreNet() default
-    T: int = 200
-    epochs: int = 60
-    batch_size: int = 100
-    lr: float = 0.01
-    rho_lr: float = 0.2
-    step_size: int = 20  # StepLR epochs
-    gamma: float = 0.1
-    grad_clip: float | None = None  # the seed clips nothing
 
 
 CLAIM = """
@@ -62,13 +57,13 @@ def disjoint_subsets(x: torch.Tensor, n: int, size: int, seed: int) -> list[torc
 
 @torch.no_grad()
 def paired_loss(model: GaussianDiffusion, x: torch.Tensor, seed: int) -> dict[str, float]:
-    """The same model's loss on x under each reduction, with the same t, noise and posterior draws."""
-    cfg, out = model.cfg, {}
+    """The same weights' loss on x under each reduction, with the same t, noise and posterior draws."""
+    out = {}
     for red in REDUCTIONS:
-        model.cfg = dataclasses.replace(cfg, mm_reduction=red)
+        twin = GaussianDiffusion(replace(model.cfg, mm_reduction=red)).to(x.device)
+        twin.load_state_dict(model.state_dict())
         torch.manual_seed(seed)
-        out[red] = float(model.loss((x,))["loss"])
-    model.cfg = cfg
+        out[red] = float(twin.loss((x,))["loss"])
     return out
 
 
@@ -78,7 +73,7 @@ def spread(hist: np.ndarray) -> dict[str, np.ndarray]:
     return {"mean": mean, "std": std, "rel": std / np.abs(mean)}
 
 
-def run(cfg: LossVarianceConfig, ctx: RunContext) -> dict:
+def run(cfg: LossVarianceConfig, ctx: RunContext) -> Result:
     x, _ = load_mnist("train", view="grey")
     subsets = disjoint_subsets(x, cfg.n_subsets, cfg.subset_size, ctx.seed)
     d = int(np.prod(x.shape[1:]))
@@ -87,21 +82,19 @@ def run(cfg: LossVarianceConfig, ctx: RunContext) -> dict:
     for i, data in enumerate(subsets):
         for red in REDUCTIONS:
             torch.manual_seed(ctx.seed + i)  # both reductions start from the same weights
-            model = GaussianDiffusion(seed001_config(cfg.channels, T=cfg.T, param="mean", loss="mean-matching",
-                                                     mm_target="posterior", mm_reduction=red, rho_lr=cfg.rho_lr))
-            trainer = train(ctx, model, (data,), f"{red}-{i:02d}", seed=ctx.seed + i, epochs=cfg.epochs,
-                            batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="step", step_size=cfg.step_size,
-                            gamma=cfg.gamma, grad_clip=cfg.grad_clip, ema_decay=0.0, log_every=10 ** 9)
+            model = GaussianDiffusion(replace(cfg.model, mm_reduction=red))
+            trainer = ctx.fit(model, (data,), cfg.train, f"{red}-{i:02d}", seed_offset=i)
             hist[red].append(epoch_curve(trainer, "train_loss"))
             seconds[red] += trainer.train_seconds
-            pair = paired_loss(model, data[:cfg.batch_size], seed=ctx.seed + 10 ** 4 + i)
+            pair = paired_loss(model, data[:cfg.train.batch_size], seed=ctx.seed + 10 ** 4 + i)
             eval_ratio.append(pair["sum"] / pair["mean"])
-    remove_checkpoints(ctx)
+    ctx.remove_checkpoints()
     arr = {red: np.array(hist[red], dtype=np.float64).T for red in REDUCTIONS}  # (epochs, subsets)
     s = {red: spread(arr[red]) for red in REDUCTIONS}
     abs_ratio = s["mean"]["std"] / s["sum"]["std"]  # (epochs,)
     rel_ratio = s["mean"]["rel"] / s["sum"]["rel"]
-    epochs = np.arange(1, cfg.epochs + 1)
+    n_epochs = cfg.train.epochs
+    epochs = np.arange(1, n_epochs + 1)
 
     fig, axes = plt.subplots(1, 4, figsize=(19, 4))
     for ax, red in zip(axes[:2], REDUCTIONS):
@@ -140,53 +133,56 @@ def run(cfg: LossVarianceConfig, ctx: RunContext) -> dict:
                  "avg_var": var_ratio, "mean std/mean": summary["mean"]["mean_rel_spread"] / summary["sum"]["mean_rel_spread"]})
     abs_reproduced = bool(0.5 / d < abs_median < 2.0 / d)
     rel_reproduced = bool(rel_median < 0.5)
-    stride = max(1, cfg.epochs // 10)
+    stride = max(1, n_epochs // 10)
     every = f" (every {stride}th)" if stride > 1 else ""
     per_epoch = [{"epoch": k + 1, "sum mean": float(s["sum"]["mean"][k]), "sum std": float(s["sum"]["std"][k]),
                   "mean mean": float(s["mean"]["mean"][k]), "mean std": float(s["mean"]["std"][k]),
                   "std ratio x d": float(abs_ratio[k] * d), "rel. spread ratio": float(rel_ratio[k])}
-                 for k in range(0, cfg.epochs, stride)]
-    body = (f"Setting: {cfg.n_subsets} disjoint subsets of {cfg.subset_size} MNIST train images, one seed ScoreNet "
-            f"(channels {list(cfg.channels)}, mean parameterisation with rho0/rho1 at lr {cfg.rho_lr}) per subset "
-            f"and reduction, T = {cfg.T}, linear betas 1e-4..0.1, {cfg.epochs} epochs, batch {cfg.batch_size}, "
-            f"Adam lr {cfg.lr}, StepLR {cfg.step_size} x {cfg.gamma}, grad clip {cfg.grad_clip}. Unlike the seed, "
-            f"which trained one network on all subsets in turn and then continued that already-trained network "
-            f"with the mean loss, each (subset, reduction) here is its own fresh model, and the two models of a "
-            f"subset share initial weights, batches and noise, so they differ only in the reduction. "
-            f"Training took {summary['sum']['train_seconds']:.0f} s (sum) and {summary['mean']['train_seconds']:.0f} s "
-            f"(mean).\n\n![curves]({curves_png})\n\nAll per-subset epoch losses (the seed's summary):\n\n"
-            f"{markdown_table(rows)}\n\nPer epoch{every}:\n\n{markdown_table(per_epoch)}\n\n"
+                 for k in range(0, n_epochs, stride)]
+    body = [f"Unlike the seed, which trained one network on all subsets in turn and then continued that "
+            f"already-trained network with the mean loss, each (subset, reduction) here is its own fresh model, "
+            f"and the two models of a subset share initial weights, batches and noise, so they differ only in the "
+            f"reduction. Training took {summary['sum']['train_seconds']:.0f} s (sum) and "
+            f"{summary['mean']['train_seconds']:.0f} s (mean).", figure(curves_png),
+            "All per-subset epoch losses (the seed's summary):", markdown_table(rows),
+            f"Per epoch{every}:", markdown_table(per_epoch),
             f"By construction, for one model and the same draws the summed loss is exactly d = {d} times the mean: "
             f"re-evaluating every trained model both ways gives sum/mean = {min(eval_ratio):.4f} .. "
-            f"{max(eval_ratio):.4f}.\n\n"
-            f"**Finding.** Absolute spread: the std across subsets of the mean form is {abs_median:.3g} times that "
-            f"of the summed form (median over epochs; 1/d = {1 / d:.3g}), i.e. the variance ratio is about 1/d^2 "
-            f"({var_ratio:.3g}; 1/d^2 = {1 / d ** 2:.3g}). The seed's 'far smaller, ~1/d' is reproduced in absolute "
-            f"terms: {'yes' if abs_reproduced else 'no'}. Relative spread (std/mean, units cancel): the ratio mean/sum "
-            f"is {rel_median:.3g} (median over epochs), so the mean form is "
-            f"{'markedly more' if rel_reproduced else 'not more'} consistent across subsets once the factor d is "
-            f"divided out. Adam is invariant to a constant scale of the loss (up to its eps), so dividing the loss by "
-            f"d changes its units, not the training trajectory or how consistent it is across data splits: both "
-            f"forms spike in the first epochs (maxima {summary['sum']['max']:.4g} and {summary['mean']['max']:.4g}). "
-            f"The seed's variance ratio (0.000002 / 4041606, about 5e-13) is far below 1/d^2; its mean-loss run "
-            f"continued the network already trained with the sum, so it likely never saw those early spikes "
-            f"(the seed's sum maximum 73708 against a median 426).")
-    ctx.write_report("Mean-matching loss: summed vs per-pixel mean, spread across data subsets", CLAIM, body)
-    return {"d": d, "n_subsets": cfg.n_subsets, "epochs": cfg.epochs,
-            "curves": {red: {"mean": s[red]["mean"].tolist(), "std": s[red]["std"].tolist(),
-                             "rel_spread": s[red]["rel"].tolist()} for red in REDUCTIONS},
-            "per_subset": {red: arr[red].T.tolist() for red in REDUCTIONS},
-            "summary": summary, "std_ratio_mean_over_sum": abs_ratio.tolist(),
-            "rel_spread_ratio_mean_over_sum": rel_ratio.tolist(), "std_ratio_median": abs_median,
-            "rel_spread_ratio_median": rel_median, "avg_var_ratio_mean_over_sum": var_ratio,
-            "eval_sum_over_mean": eval_ratio, "reproduced_absolute": abs_reproduced,
-            "reproduced_relative": rel_reproduced}
+            f"{max(eval_ratio):.4f}."]
+    finding = (f"Absolute spread: the std across subsets of the mean form is {abs_median:.3g} times that of the "
+               f"summed form (median over epochs; 1/d = {1 / d:.3g}), i.e. the variance ratio is about 1/d^2 "
+               f"({var_ratio:.3g}; 1/d^2 = {1 / d ** 2:.3g}): the seed's 'far smaller, ~1/d' holds in absolute terms "
+               f"{'(yes)' if abs_reproduced else '(no)'}. Relative spread (std/mean, units cancel): the ratio mean/sum "
+               f"is {rel_median:.3g}, so the mean form is {'markedly more' if rel_reproduced else 'not more'} "
+               f"consistent across subsets once the factor d is divided out. Adam is invariant to a constant scale "
+               f"of the loss (up to its eps), so dividing the loss by d changes its units, not the training "
+               f"trajectory: both forms spike in the first epochs (maxima {summary['sum']['max']:.4g} and "
+               f"{summary['mean']['max']:.4g}). The seed's variance ratio (about 5e-13) is far below 1/d^2; its "
+               f"mean-loss run continued the network already trained with the sum, so it likely never saw those "
+               f"early spikes.")
+    v = verdict(rel_reproduced, "the mean form's relative spread (std/mean across subsets) is below half the "
+                "summed form's (median over epochs); the absolute ratio is reported beside it",
+                rel_spread_ratio_median=rel_median, std_ratio_median=abs_median, one_over_d=1 / d)
+    metrics = {"d": d, "n_subsets": cfg.n_subsets, "epochs": n_epochs,
+               "curves": {red: {"mean": s[red]["mean"].tolist(), "std": s[red]["std"].tolist(),
+                                "rel_spread": s[red]["rel"].tolist()} for red in REDUCTIONS},
+               "per_subset": {red: arr[red].T.tolist() for red in REDUCTIONS},
+               "summary": summary, "std_ratio_mean_over_sum": abs_ratio.tolist(),
+               "rel_spread_ratio_mean_over_sum": rel_ratio.tolist(), "std_ratio_median": abs_median,
+               "rel_spread_ratio_median": rel_median, "avg_var_ratio_mean_over_sum": var_ratio,
+               "eval_sum_over_mean": eval_ratio, "reproduced_absolute": abs_reproduced,
+               "reproduced_relative": rel_reproduced}
+    title = "Mean-matching loss: summed vs per-pixel mean, spread across data subsets"
+    return Result(metrics, Report(title, CLAIM, body, finding, v))
 
 
+_BASE = LossVarianceConfig()
 PRESETS = {
-    "smoke": LossVarianceConfig(n_subsets=3, subset_size=40, channels=(8, 16, 32, 64), epochs=2, batch_size=20),
-    "quick": LossVarianceConfig(n_subsets=8, channels=(8, 16, 32, 64), epochs=18, step_size=6),
-    "paper": LossVarianceConfig(),
+    "smoke": replace(_BASE, n_subsets=3, subset_size=40, model=replace(SEED001, channels=(8, 16, 32, 64)),
+                     train=replace(_BASE.train, epochs=2, batch_size=20)),
+    "quick": replace(_BASE, n_subsets=8, model=replace(SEED001, channels=(8, 16, 32, 64)),
+                     train=replace(_BASE.train, epochs=18, step_size=6)),
+    "paper": _BASE,
 }
 experiment("loss-variance", "mean-matching loss summed vs per-pixel mean: spread across 20 disjoint MNIST subsets",
            PRESETS, order=3)(run)

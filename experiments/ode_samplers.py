@@ -14,16 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
-from experiments._shared import MnistBudget, counted_sampling, loss_figure, total_variation, train_on_budget, unit
+from experiments._shared import MicroUnetRun, loss_figure, sampler_presets, train_unet, unit_and_tv
 from experiments.plotting import image_grid, markdown_table, plt
 from experiments.registry import RunContext, experiment
-from zoo.common.data import load_mnist
-from zoo.common.metrics import sample_metrics
-from zoo.gaussian.samplers import ODE_METHODS, ode
+from zoo.evaluation import draw, quality, real_floor
+from zoo.gaussian.samplers import ODE_METHODS
+from zoo.report import Report, Result, figure, verdict
 
 
 @dataclass(frozen=True)
-class OdeSamplersConfig(MnistBudget):
+class OdeSamplersConfig(MicroUnetRun):
     steps: tuple[int, ...] = (5, 10, 20, 50, 100)
     grid_steps: tuple[int, ...] = (5, 10, 20)  # step counts shown as 4x4 grids
 
@@ -68,24 +68,20 @@ def _curves_figure(ctx: RunContext, rows: list[dict], floor: dict) -> str:
     return ctx.savefig(fig, "fid_vs_steps_nfe")
 
 
-def run(cfg: OdeSamplersConfig, ctx: RunContext) -> dict:
-    trainer, model = train_on_budget(ctx, cfg)
-    x_T = torch.randn((cfg.n_samples, 1, 28, 28), generator=torch.Generator().manual_seed(ctx.seed + 1))
-
+def run(cfg: OdeSamplersConfig, ctx: RunContext) -> Result:
+    trainer, model = train_unet(ctx, cfg.model, cfg.train, cfg.n_train)
+    n = cfg.eval.n_samples
+    x_T = torch.randn((n, 1, 28, 28), generator=torch.Generator().manual_seed(ctx.seed + 1))
     rows, grids, nfes = [], {}, {}
-    with trainer.averaged():
-        model.eval()
-        den = model.denoiser(clip=model.cfg.clip_x0)  # clip x0_hat to [-1, 1] at every evaluation
+    with trainer.averaged() as m:  # x0_hat clipped to [-1, 1] at every evaluation (cfg.clip_x0)
         for method in ODE_METHODS:
             for s in cfg.steps:
-                x0, nfe, seconds = counted_sampling(den, ode, model.process, x_T, cfg.sample_batch, ctx.device,
-                                                    steps=s, method=method)
-                x = unit(x0)
-                grids[method, s], nfes[method, s] = x[:16], nfe
-                rows.append({"method": method, "steps": s, "nfe": nfe, "seconds": seconds,
-                             "total_variation": float(total_variation(x).mean()), **sample_metrics(x)})
-    real, _ = load_mnist("train", view="unit", limit=cfg.n_samples)
-    floor = {**sample_metrics(real), "total_variation": float(total_variation(real).mean())}
+                out = draw(m, n, cfg.eval.sample_chunk, x_T=x_T, sampler="ode", steps=s, method=method)
+                x, tv = unit_and_tv(out.x)
+                grids[method, s], nfes[method, s] = x[:16], out.nfe
+                rows.append({"method": method, "steps": s, "nfe": out.nfe, "seconds": out.seconds,
+                             "total_variation": tv, **quality(out.x, cfg.model.data)})
+    floor = real_floor(cfg.model.data, n, cfg.eval.n_ref)
 
     grid_png = _grids_figure(ctx, {k: v for k, v in grids.items() if k[1] in cfg.grid_steps}, cfg, nfes)
     curve_png = _curves_figure(ctx, rows, floor)
@@ -99,42 +95,33 @@ def run(cfg: OdeSamplersConfig, ctx: RunContext) -> dict:
     equal_nfe = [{"heun_steps": s, "heun_nfe": by["heun", s]["nfe"], "heun_fid": by["heun", s]["classifier_fid"],
                   "euler_steps": 2 * s, "euler_nfe": by["euler", 2 * s]["nfe"],
                   "euler_fid": by["euler", 2 * s]["classifier_fid"]}
-                  for s in cfg.steps if ("euler", 2 * s) in by]
+                 for s in cfg.steps if ("euler", 2 * s) in by]
     reproduced = heun_wins > len(cfg.steps) / 2
     heun_wins_nfe = sum(r["heun_fid"] < r["euler_fid"] for r in equal_nfe)
     table = markdown_table(rows, ["method", "steps", "nfe", "seconds", "classifier_fid", "pixel_fid", "total_variation"])
-    nfe_text = ("At (about) equal cost, Heun with s steps against Euler with 2s steps (classifier FID):\n\n"
-                + markdown_table(equal_nfe) + "\n\n") if equal_nfe else ""
-    body = (
-        f"Training: micro-U-Net channels {cfg.channels} ({sum(p.numel() for p in model.net.parameters()):,} parameters), "
-        f"cosine schedule, T = {cfg.T}, simple loss, {trainer.step} steps of batch {cfg.batch_size} "
-        f"({trainer.step * cfg.batch_size / (cfg.n_train or 50000):.2f} epochs of {cfg.n_train or 50000} images) in "
-        f"{trainer.train_seconds:.0f} s, EMA {cfg.ema_decay}. Sampling: the probability-flow ODE dy/dsigma = eps on "
-        f"evenly strided integer steps of 1..T, {cfg.n_samples} samples per row, all from the same x_T, x0_hat "
-        f"clipped to [-1, 1] at every evaluation. Euler on this grid is exactly DDIM with eta = 0. NFE is counted by "
-        f"wrapping the network (Euler: steps; Heun: 2 steps - 2). FID from {cfg.n_samples} samples is biased upwards, "
-        f"so compare rows with each other and with real digits at the same count ({cfg.n_samples} training images: "
-        f"classifier FID {floor['classifier_fid']:.2f}, pixel FID {floor['pixel_fid']:.2f}, total variation "
-        f"{floor['total_variation']:.4f}). Total variation is the mean absolute difference of neighbouring pixels: "
-        f"lower is smoother.\n\n{table}\n\n{nfe_text}![grids]({grid_png})\n\n![FID vs steps and NFE]({curve_png})\n\n"
-        f"![loss]({loss_png})\n\n**Finding.** At equal steps Heun has the lower classifier FID at {heun_wins} of "
-        f"{len(cfg.steps)} step counts and the lower total variation at "
-        f"{sum(r['heun_tv'] < r['euler_tv'] for r in equal_steps)} of {len(cfg.steps)}; at about equal cost (Heun s steps, NFE 2s - 2, "
-        f"against Euler 2s steps) Heun has the lower classifier FID in {heun_wins_nfe} of {len(equal_nfe)} pairs. "
-        f"Criterion: Heun better "
-        f"(lower classifier FID) at a majority of the step counts. **Reproduced: {'yes' if reproduced else 'no'}.**")
-    ctx.write_report("Probability-flow ODE: Euler vs Heun", CLAIM, body)
-    return {"samplers": {f"{r['method']}-{r['steps']}": r for r in rows}, "equal_steps": equal_steps,
-            "equal_nfe": equal_nfe, "real_data_floor": floor, "heun_wins": heun_wins, "heun_wins_equal_nfe": heun_wins_nfe,
-            "train_steps": trainer.step, "train_seconds": trainer.train_seconds, "reproduced": reproduced}
+    body = [f"{trainer.step} training steps in {trainer.train_seconds:.0f} s. The probability-flow ODE "
+            f"dy/dsigma = eps on evenly strided integer steps of 1..T, every row from the same x_T; Euler on this "
+            f"grid is exactly DDIM with eta = 0 (NFE: Euler steps, Heun 2 steps - 2). FIDs from {n} samples are "
+            f"biased upwards: compare rows with each other and with real digits at the same count (classifier FID "
+            f"{floor['classifier_fid']:.2f}, pixel FID {floor['pixel_fid']:.2f}, total variation "
+            f"{floor['total_variation']:.4f}; lower total variation is smoother).", table]
+    if equal_nfe:
+        body += ["At (about) equal cost, Heun with s steps against Euler with 2s steps (classifier FID):",
+                 markdown_table(equal_nfe)]
+    body += [figure(grid_png), figure(curve_png), figure(loss_png)]
+    finding = (f"At equal steps Heun has the lower classifier FID at {heun_wins} of {len(cfg.steps)} step counts and "
+               f"the lower total variation at {sum(r['heun_tv'] < r['euler_tv'] for r in equal_steps)} of "
+               f"{len(cfg.steps)}; at about equal cost Heun has the lower classifier FID in {heun_wins_nfe} of "
+               f"{len(equal_nfe)} pairs.")
+    v = verdict(reproduced, "Heun better (lower classifier FID) at a majority of the step counts",
+                heun_wins=heun_wins, step_counts=len(cfg.steps))
+    metrics = {"samplers": {f"{r['method']}-{r['steps']}": r for r in rows}, "equal_steps": equal_steps,
+               "equal_nfe": equal_nfe, "real_data_floor": floor, "heun_wins": heun_wins,
+               "heun_wins_equal_nfe": heun_wins_nfe, "train_steps": trainer.step,
+               "train_seconds": trainer.train_seconds, "reproduced": reproduced}
+    return Result(metrics, Report("Probability-flow ODE: Euler vs Heun", CLAIM, body, finding, v))
 
 
-PRESETS = {
-    "smoke": OdeSamplersConfig(channels=(8, 16), T=100, n_train=128, epochs=1, batch_size=64, ema_decay=0.0,
-                               n_samples=16, sample_batch=16, steps=(3, 6), grid_steps=(3, 6)),
-    "quick": OdeSamplersConfig(channels=(16, 32), epochs=1, batch_size=128, lr=2e-3,
-                               ema_decay=0.99, n_samples=128, sample_batch=128),
-    "paper": OdeSamplersConfig(),
-}
+PRESETS = sampler_presets(OdeSamplersConfig(), quick_epochs=1, steps=(3, 6), grid_steps=(3, 6))
 experiment("ode-samplers", "probability-flow ODE: Euler vs Heun at 5-100 steps, FID vs steps and NFE, grids",
            PRESETS, order=8)(run)

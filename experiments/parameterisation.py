@@ -11,16 +11,19 @@ same noise; then pixel FID (seed 001's, against the first test images) and class
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from experiments._shared import epoch_curve, remove_checkpoints, seed001_config, timed, train_guarded, unit
+from experiments._shared import SEED001, SEED001_TRAIN
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
-from zoo.common.data import load_mnist
-from zoo.common.metrics import sample_metrics
-from zoo.gaussian.model import GaussianDiffusion
+from zoo.common.data import load_mnist, to_unit
+from zoo.common.trainer import TrainConfig
+from zoo.evaluation import EvalConfig, draw, quality, real_floor
+from zoo.gaussian.model import Config, GaussianDiffusion
+from zoo.report import Report, Result, figure, verdict
+from zoo.runs import epoch_curve
 
 LOSS_OF = {"mean": dict(loss="mean-matching", mm_target="posterior", mm_reduction="mean"),
            "eps": dict(loss="elbo-eps"), "x0": dict(loss="elbo-eps"), "v": dict(loss="elbo-eps")}
@@ -28,22 +31,13 @@ LOSS_OF = {"mean": dict(loss="mean-matching", mm_target="posterior", mm_reductio
 
 @dataclass(frozen=True)
 class ParameterisationConfig:
+    # The seed's small ScoreNet; DDPM sampling with variance beta_t (the seed samples with
+    # 1 - alpha_t), x0_hat not clamped (the seed does not clamp).
+    model: Config = replace(SEED001, channels=(8, 16, 32, 64), sampler="ddpm", variance="beta", clip_x0=False)
+    train: TrainConfig = SEED001_TRAIN
+    eval: EvalConfig = EvalConfig(n_samples=1000, sample_chunk=500, n_ref=1000, n_test=0)
     params: tuple[str, ...] = ("mean", "eps", "x0", "v")
-    channels: tuple[int, ...] = (8, 16, 32, 64)  # the seed's FIDs are of its small ScoreNet
     n_train: int = 50000
-    T: int = 200
-    epochs: int = 60
-    batch_size: int = 100
-    lr: float = 0.01
-    rho_lr: float = 0.2
-    step_size: int = 20  # StepLR epochs (SPEC: 20 x 0.1)
-    gamma: float = 0.1
-    grad_clip: float | None = None  # the seed clips nothing
-    n_samples: int = 1000
-    n_ref: int = 1000  # pixel FID against the first n_ref test images
-    variance: str = "beta"  # DDPM reverse variance: the seed samples with 1 - alpha_t = beta_t
-    clip_x0: bool = False  # the seed does not clamp x0_hat while sampling
-    sample_batch: int = 500
 
 
 CLAIM = """
@@ -55,40 +49,28 @@ the loss (1 - alpha_t)/(2 alpha_t (1 - alpha_bar_t)) |eps - eps_theta|^2, gave "
 """
 
 
-def run(cfg: ParameterisationConfig, ctx: RunContext) -> dict:
+def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
     x, _ = load_mnist("train", view="grey", limit=cfg.n_train)
-    gen_x_T = lambda: torch.Generator().manual_seed(ctx.seed + 1)  # noqa: E731  the same noise for every model
     results, panels, curves = {}, {}, {}
     for param in cfg.params:
         torch.manual_seed(ctx.seed)
-        model = GaussianDiffusion(seed001_config(cfg.channels, T=cfg.T, param=param, rho_lr=cfg.rho_lr,
-                                                 variance=cfg.variance, clip_x0=cfg.clip_x0, **LOSS_OF[param]))
-        trainer, error = train_guarded(ctx, model, (x,), param, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                       lr=cfg.lr, lr_schedule="step", step_size=cfg.step_size, gamma=cfg.gamma,
-                                       grad_clip=cfg.grad_clip, ema_decay=0.0, log_every=10 ** 9)
+        model = GaussianDiffusion(replace(cfg.model, param=param, **LOSS_OF[param]))
+        trainer = ctx.fit(model, (x,), cfg.train, param, guarded=True)
         curves[param] = epoch_curve(trainer, "train_loss")
-        r = {"loss": LOSS_OF[param]["loss"], "train_seconds": trainer.train_seconds, "diverged": error,
+        r = {"loss": LOSS_OF[param]["loss"], "train_seconds": trainer.train_seconds, "diverged": trainer.error,
              "final_train_loss": curves[param][-1] if curves[param] else float("nan")}
         if param == "mean":
             r.update(rho0=model.rho0.item(), rho1=model.rho1.item())
-        if error is None:
-            gen = gen_x_T()
-            chunks, seconds = [], 0.0
-            for i in range(0, cfg.n_samples, cfg.sample_batch):
-                s, dt = timed(lambda: model.sample(min(cfg.sample_batch, cfg.n_samples - i), generator=gen,
-                                                   sampler="ddpm", variance=cfg.variance), ctx.device)
-                chunks.append(s.cpu())
-                seconds += dt
-            samples = unit(torch.cat(chunks))  # (n, 1, 28, 28) in [0, 1]
-            r.update(sample_metrics(samples, n_ref=cfg.n_ref), sample_seconds=seconds)
-            panels[f"{param}: pixel FID {r['pixel_fid']:.2f}, classifier FID {r['classifier_fid']:.1f}"] = samples[:64]
+        if trainer.error is None:  # the same noise for every model
+            out = draw(model, cfg.eval.n_samples, cfg.eval.sample_chunk, torch.Generator().manual_seed(ctx.seed + 1))
+            r.update(quality(out.x, cfg.model.data, cfg.eval.n_ref), sample_seconds=out.seconds)
+            panels[f"{param}: pixel FID {r['pixel_fid']:.2f}, classifier FID {r['classifier_fid']:.1f}"] = \
+                to_unit(out.x[:64])
         results[param] = r
-    remove_checkpoints(ctx)
-    real = unit(x[-cfg.n_samples:])  # the last training images: the floor a model could reach
-    floor = sample_metrics(real, n_ref=cfg.n_ref)
-    panels["real training images"] = real[:64]
-    noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(ctx.seed + 2))  # (n, 1, 28, 28)
-    ceiling = sample_metrics(noise, n_ref=cfg.n_ref)  # uniform noise: what no learning scores
+    ctx.remove_checkpoints()
+    floor = real_floor(cfg.model.data, cfg.eval.n_samples, cfg.eval.n_ref, ceiling=True, seed=ctx.seed + 2)
+    ceiling = floor.pop("ceiling")  # uniform noise: what no learning scores
+    panels["real training images"] = to_unit(x[:64])
 
     grids_png = ctx.savefig(grid_figure(panels, nrow=8), "samples")
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -102,9 +84,9 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> dict:
     rows = [{"parameterisation": p, "loss": r["loss"], "pixel FID": r.get("pixel_fid", float("nan")),
              "classifier FID": r.get("classifier_fid", float("nan")), "train s": r["train_seconds"],
              "diverged": "yes" if r["diverged"] else "no"} for p, r in results.items()]
-    rows.append({"parameterisation": f"real train images ({len(real)})", "loss": "-", "diverged": "-",
+    rows.append({"parameterisation": f"real train images ({cfg.eval.n_samples})", "loss": "-", "diverged": "-",
                  "pixel FID": floor["pixel_fid"], "classifier FID": floor["classifier_fid"], "train s": "-"})
-    rows.append({"parameterisation": f"uniform noise ({len(noise)})", "loss": "-", "diverged": "-",
+    rows.append({"parameterisation": f"uniform noise ({cfg.eval.n_samples})", "loss": "-", "diverged": "-",
                  "pixel FID": ceiling["pixel_fid"], "classifier FID": ceiling["classifier_fid"], "train s": "-"})
     ok = {p: "pixel_fid" in r for p, r in results.items()}
     both = ok.get("mean") and ok.get("eps")
@@ -115,7 +97,7 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> dict:
            if "mean" in results else "")
     if "mean" in results and abs(results["mean"]["rho1"]) < 0.1:
         rho += ("With rho1 near 0 the mean is mu ~ rho0 x_t whatever the network outputs: on its learning rate "
-                f"{cfg.rho_lr}, rho1 fell towards 0 within the first epoch (most likely because the untrained "
+                f"{cfg.model.rho_lr}, rho1 fell towards 0 within the first epoch (most likely because the untrained "
                 "output delta only added error), and the network's gradient, scaled by rho1, then stays too "
                 "small to recover within this budget. ")
     # The comparison tests the claim only if both models make something digit-like: classifier FID
@@ -123,46 +105,40 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> dict:
     informative = bool(both and max(results["mean"]["classifier_fid"], results["eps"]["classifier_fid"])
                        < ceiling["classifier_fid"] / 2)
     reproduced = by_pixel and informative
-    verdict = (f"eps prediction reaches pixel FID {results['eps']['pixel_fid']:.2f} against "
+    finding = (f"eps prediction reaches pixel FID {results['eps']['pixel_fid']:.2f} against "
                f"{results['mean']['pixel_fid']:.2f} for the rho-mean network (classifier FID "
-               f"{results['eps']['classifier_fid']:.1f} against {results['mean']['classifier_fid']:.1f}). The seed's "
-               f"direction (pixel FID 12.6 -> 5.06, eps better) {'holds' if by_pixel else 'does not hold'} "
-               f"on pixel FID at this preset, and eps is {'better' if by_classifier else 'not better'} on classifier "
-               f"FID (the headline metric, SPEC 10). "
-               + ("Both models make digit-like samples, so this ordering tests the claim."
-                  if informative else
-                  f"But at this budget the two are not digit generators (classifier FID at or past half of uniform "
-                  f"noise's {ceiling['classifier_fid']:.0f}; see the grids), so this ordering is no evidence for or "
-                  f"against the seed's claim: the claim is not tested at this preset")
-               if both else "the mean or eps model diverged, so the comparison could not be made")
-    body = (f"Setting: {len(x)} MNIST train images in [-1, 1], seed ScoreNet {list(cfg.channels)}, T = {cfg.T}, linear "
-            f"betas 1e-4..0.1, {cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr} (rho0/rho1: {cfg.rho_lr}), "
-            f"StepLR {cfg.step_size} x {cfg.gamma}, grad clip {cfg.grad_clip}, no EMA; DDPM sampling with variance "
-            f"{cfg.variance}, x0_hat clamped to [-1, 1] while sampling: "
-            f"{'yes (the seed does not)' if cfg.clip_x0 else 'no (as the seed)'}, {cfg.n_samples} samples per model "
-            f"from the same noise. Pixel FID is seed 001's (784 pixels in [0, 1] against the first "
-            f"{cfg.n_ref} test images); classifier FID uses the shipped MNIST classifier's features against the "
-            f"10k test images. With fewer than 1000 samples both FIDs are biased upwards; compare rows, not the "
-            f"seed's absolute numbers. The seed's data were in [0, 1], here [-1, 1], which changes the scale of "
-            f"what the mean network learns.\n\n{markdown_table(rows)}\n\n{rho}\n\n![samples]({grids_png})\n\n"
-            f"![losses]({loss_png})\n\n**Finding.** {verdict}. Lowest classifier FID at this preset: "
-            f"{min(done, key=lambda p: results[p]['classifier_fid'], default='none')}; lowest pixel FID: "
-            f"{min(done, key=lambda p: results[p]['pixel_fid'], default='none')}.")
-    ctx.write_report("Mean (rho0, rho1) vs eps prediction (and x0, v): sample FID", CLAIM, body)
-    return {"results": results, "real_floor": floor, "noise_ceiling": ceiling, "informative": informative,
-            "train_curves": curves, "reproduced": reproduced,
-            "eps_better_pixel_fid": by_pixel, "eps_better_classifier_fid": by_classifier,
-            "n_samples": cfg.n_samples}
+               f"{results['eps']['classifier_fid']:.1f} against {results['mean']['classifier_fid']:.1f}): the seed's "
+               f"direction {'holds' if by_pixel else 'does not hold'} on pixel FID, and eps is "
+               f"{'better' if by_classifier else 'not better'} on classifier FID (the headline metric, SPEC 10). "
+               + ("Both models make digit-like samples, so this ordering tests the claim." if informative else
+                  f"But the two are not digit generators at this budget (classifier FID at or past half of uniform "
+                  f"noise's {ceiling['classifier_fid']:.0f}; see the grids), so this ordering is no evidence either way.")
+               if both else "The mean or eps model diverged, so the comparison could not be made.")
+    body = [f"FIDs from {cfg.eval.n_samples} samples per model, all from the same noise; with fewer than 1000 "
+            f"samples both are biased upwards: compare rows, not the seed's absolute numbers. The seed's data "
+            f"were in [0, 1], here [-1, 1], which changes the scale of what the mean network learns.",
+            markdown_table(rows), rho, figure(grids_png), figure(loss_png)]
+    v = verdict(reproduced if informative else None, "eps has the lower pixel FID, both models digit-like "
+                "(classifier FID below half of uniform noise's)", **{f"{p}_pixel_fid": results[p].get("pixel_fid")
+                                                                     for p in ("mean", "eps") if p in results})
+    metrics = {"results": results, "real_floor": floor, "noise_ceiling": ceiling, "informative": informative,
+               "train_curves": curves, "reproduced": reproduced, "eps_better_pixel_fid": by_pixel,
+               "eps_better_classifier_fid": by_classifier, "n_samples": cfg.eval.n_samples}
+    title = "Mean (rho0, rho1) vs eps prediction (and x0, v): sample FID"
+    return Result(metrics, Report(title, CLAIM, body, finding, v))
 
 
+_BASE = ParameterisationConfig()
 PRESETS = {
     # Two columns only: each FID costs two 784 x 784 eigendecompositions, the bulk of the test's time.
-    "smoke": ParameterisationConfig(params=("mean", "eps"), n_train=60, channels=(4, 8, 8, 16), T=20, epochs=1, batch_size=20,
-                                    n_samples=40, n_ref=40, sample_batch=20),
+    "smoke": replace(_BASE, params=("mean", "eps"), n_train=60, model=replace(_BASE.model, channels=(4, 8, 8, 16), T=20),
+                     train=replace(_BASE.train, epochs=1, batch_size=20),
+                     eval=replace(_BASE.eval, n_samples=40, n_ref=40, sample_chunk=20)),
     # 720 steps instead of 30000: x0_hat is clamped while sampling (the seed does not), else the
     # under-trained eps models saturate to black and white.
-    "quick": ParameterisationConfig(n_train=6000, epochs=12, step_size=4, n_samples=500, clip_x0=True),
-    "paper": ParameterisationConfig(),
+    "quick": replace(_BASE, n_train=6000, model=replace(_BASE.model, clip_x0=True),
+                     train=replace(_BASE.train, epochs=12, step_size=4), eval=replace(_BASE.eval, n_samples=500)),
+    "paper": _BASE,
 }
 experiment("parameterisation", "rho-mean vs eps (and x0, v) prediction on the seed ScoreNet: pixel and classifier FID",
            PRESETS, order=5)(run)

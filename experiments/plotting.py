@@ -1,45 +1,4 @@
-"""Figure helpers shared by the experiments (matplotlib, Agg backend, no screen needed)."""
+"""Figure helpers for the experiments: re-exported from zoo (matplotlib, Agg backend)."""
 
-from __future__ import annotations
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-
-def image_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
-    """Tile images (N, 1, H, W) with values in [0, 1] into one (rows*H, nrow*W) array."""
-    x = images.detach().float().clamp(0, 1).cpu().numpy()[:, 0]  # (N, H, W)
-    n, h, w = x.shape
-    rows = -(-n // nrow)
-    grid = np.ones((rows * (h + pad) + pad, nrow * (w + pad) + pad), dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = x[i]
-    return grid
-
-
-def grid_figure(panels: dict[str, torch.Tensor], nrow: int, scale: float = 0.32):
-    """One figure with a titled image grid per panel (values in [0, 1])."""
-    grids = {k: image_grid(v, nrow) for k, v in panels.items()}
-    h, w = next(iter(grids.values())).shape
-    fig, axes = plt.subplots(1, len(grids), figsize=(len(grids) * w * scale / 10 + 0.5, h * scale / 10 + 0.6),
-                             squeeze=False)
-    for ax, (title, g) in zip(axes[0], grids.items()):
-        ax.imshow(g, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
-
-
-def markdown_table(rows: list[dict], columns: list[str] | None = None, fmt: str = "{:.4g}") -> str:
-    """A markdown table from a list of dicts; floats formatted with `fmt`."""
-    columns = columns or list(rows[0])
-    cell = lambda v: fmt.format(v) if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+from zoo.common.plotting import grid_figure, image_grid, plt  # noqa: F401
+from zoo.report import markdown_table  # noqa: F401

@@ -1,10 +1,12 @@
 """The experiment registry and the run directory every experiment writes (SPEC section 9).
 
-An experiment is a function ``run(cfg, ctx) -> metrics`` registered with one frozen config
-dataclass instance per preset (``smoke`` seconds, ``quick`` minutes on 2 CPU cores, ``paper``
-the seed's settings). ``--set key=value`` overrides a field of the preset's config, parsed by the
-field's type. The run directory holds ``config.json``, ``metrics.json``, ``log.jsonl`` (written
-by the Trainer), PNG figures and ``report.md``.
+An experiment is a function ``run(cfg, ctx) -> zoo.report.Result`` registered with one frozen
+config tree per preset (``smoke`` seconds, ``quick`` minutes on 2 CPU cores, ``paper`` the seed's
+settings): typically ``model`` (a formulation Config), ``train`` (TrainConfig), ``eval``
+(EvalConfig) and the experiment's own fields. ``--set train.lr=1e-3`` overrides a leaf
+(zoo.common.config). The run directory holds ``config.json`` (exactly that tree, with the run's
+preset, seed and device), ``metrics.json`` (with the verdict), ``log.jsonl`` (written by the
+Trainer), PNG figures and ``report.md`` (zoo.report).
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
-from zoo import ZooError, __version__
-from zoo.common.trainer import TrainConfig
+from zoo import __version__
+from zoo.common.config import UsageError, apply_overrides, config_from_dict  # noqa: F401  (re-exported)
+from zoo.common.trainer import TrainConfig, Trainer
 from zoo.common.utils import seed_everything, write_json
+from zoo.report import Result, render
+from zoo.runs import remove_checkpoints, train
 
 PRESETS = ("smoke", "quick", "paper")
-
-
-class UsageError(ZooError):
-    """Bad command-line input (exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Experiment:
     name: str
     summary: str
     presets: dict[str, Any]
-    run: Callable[[Any, "RunContext"], dict]
+    run: Callable[[Any, "RunContext"], Result]
     order: int = 100
 
 
@@ -46,7 +48,7 @@ REGISTRY: dict[str, Experiment] = {}
 
 
 def experiment(name: str, summary: str, presets: dict[str, Any], order: int = 100):
-    """Decorator registering ``run(cfg, ctx) -> metrics`` under `name`."""
+    """Decorator registering ``run(cfg, ctx) -> Result`` under `name`."""
     missing = set(PRESETS) - set(presets)
     if missing:
         raise ValueError(f"experiment {name!r} lacks presets {sorted(missing)}")
@@ -64,59 +66,6 @@ def get(name: str) -> Experiment:
     return REGISTRY[name]
 
 
-# --------------------------------------------------------------------------- --set overrides
-
-
-def _parse(value: str, tp: Any, key: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value.lower() in ("none", "null") and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _parse(value, inner[0], key)
-    if origin is tuple:
-        items = [v for v in value.strip("()[] ").split(",") if v.strip()]
-        elem = args[0] if args else str
-        return tuple(_parse(v.strip(), elem, key) for v in items)
-    if tp is bool:
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"--set {key}={value}: expected true or false")
-    if tp in (int, float, str):
-        try:
-            return tp(value)
-        except ValueError:
-            raise UsageError(f"--set {key}={value}: expected {tp.__name__}") from None
-    raise UsageError(f"--set {key}: cannot parse fields of type {tp}")
-
-
-def apply_overrides(cfg: Any, pairs: typing.Iterable[str]) -> Any:
-    """Return `cfg` with each ``key=value`` applied, parsed by the dataclass field's type."""
-    hints = typing.get_type_hints(type(cfg))
-    changes = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise UsageError(f"--set {pair!r}: expected key=value")
-        key, value = pair.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in hints:
-            raise UsageError(f"--set {key}: no such option; valid: {', '.join(sorted(hints))}")
-        changes[key] = _parse(value.strip(), hints[key], key)
-    return dataclasses.replace(cfg, **changes)
-
-
-def config_from_dict(cfg: Any, values: dict[str, Any]) -> Any:
-    """Rebuild a config from config.json's dict (lists back to tuples)."""
-    hints = typing.get_type_hints(type(cfg))
-    unknown = set(values) - set(hints)
-    if unknown:
-        raise UsageError(f"config has unknown keys {sorted(unknown)} for this experiment")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return dataclasses.replace(cfg, **fixed)
-
-
 # --------------------------------------------------------------------------- the run directory
 
 
@@ -131,9 +80,15 @@ class RunContext:
     seed: int = 0
     figures: list[str] = field(default_factory=list)
 
-    def train_config(self, **kw) -> TrainConfig:
-        """A TrainConfig on this run's device and seed; kw sets the other fields."""
-        return TrainConfig(device=self.device, seed=kw.pop("seed", self.seed), **kw)
+    def fit(self, model: nn.Module, data: tuple[torch.Tensor, ...], train_cfg: TrainConfig, tag: str,
+            val: tuple[torch.Tensor, ...] | None = None, guarded: bool = False, seed_offset: int = 0) -> Trainer:
+        """`zoo.runs.train` into this run directory (run_experiment set train.device and train.seed
+        to the run's; `seed_offset` shifts the seed, e.g. one per data subset)."""
+        cfg = dataclasses.replace(train_cfg, seed=train_cfg.seed + seed_offset)
+        return train(model, data, cfg, self.out_dir, tag, meta={"experiment": self.name}, val=val, guarded=guarded)
+
+    def remove_checkpoints(self) -> None:
+        remove_checkpoints(self.out_dir)
 
     def savefig(self, fig, name: str) -> str:
         """Save a matplotlib figure as NAME.png in the run directory and close it."""
@@ -145,17 +100,16 @@ class RunContext:
         self.figures.append(path.name)
         return path.name
 
-    def write_metrics(self, metrics: dict[str, Any]) -> None:
-        write_json(self.out_dir / "metrics.json", metrics)
 
-    def write_report(self, title: str, claim: str, body: str) -> None:
-        """report.md: the seed's claim, then what this run measured (body embeds figures)."""
-        cmd = f"zoo run {self.name} --preset {self.preset} --seed {self.seed} --device {self.device}"
-        text = (f"# {title}\n\n"
-                f"*Experiment `{self.name}`, preset `{self.preset}`, seed {self.seed}, device {self.device}; "
-                f"rerun with `{cmd}` (resolved settings in `config.json`).*\n\n"
-                f"## The seed's claim\n\n{claim.strip()}\n\n## What this run measured\n\n{body.strip()}\n")
-        (self.out_dir / "report.md").write_text(text)
+def _bind_run(cfg: Any, device: str, seed: int) -> Any:
+    """The config tree with every TrainConfig on the run's device and seed."""
+    if isinstance(cfg, TrainConfig):
+        return dataclasses.replace(cfg, device=device, seed=seed)
+    if not dataclasses.is_dataclass(cfg):
+        return cfg
+    changes = {f.name: _bind_run(getattr(cfg, f.name), device, seed) for f in dataclasses.fields(cfg)
+               if dataclasses.is_dataclass(getattr(cfg, f.name))}
+    return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None = None,
@@ -168,25 +122,28 @@ def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None 
     cfg = exp.presets[preset]
     if config is not None:
         cfg = config_from_dict(cfg, config)
-    cfg = apply_overrides(cfg, overrides)
+    cfg = _bind_run(apply_overrides(cfg, overrides), device, seed)
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
     out.mkdir(parents=True, exist_ok=True)
     log = out / "log.jsonl"
     if log.exists():
         log.unlink()  # a fresh run owns its log
     ctx = RunContext(name=name, preset=preset, out_dir=out, device=device, seed=seed)
-    write_json(out / "config.json", {
+    info = {
         "experiment": name, "preset": preset, "seed": seed, "device": device,
         "overrides": list(overrides), "config": dataclasses.asdict(cfg),
         "command": " ".join(shlex.quote(a) for a in ["zoo", *sys.argv[1:]]) if sys.argv else "",
         "zoo_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
+    }
+    write_json(out / "config.json", info)
     seed_everything(seed)
     t0 = time.perf_counter()
-    metrics = exp.run(cfg, ctx)
-    metrics = {"experiment": name, "preset": preset, "seconds": round(time.perf_counter() - t0, 2), **metrics}
-    ctx.write_metrics(metrics)
+    result = exp.run(cfg, ctx)
+    metrics = {"experiment": name, "preset": preset, "seconds": round(time.perf_counter() - t0, 2),
+               **result.metrics, "verdict": result.report.verdict}
+    write_json(out / "metrics.json", metrics)
+    (out / "report.md").write_text(render(result.report, info))
     return metrics
 
 

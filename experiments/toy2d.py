@@ -7,34 +7,32 @@ Wasserstein distance of samples to held-out data against that of N(0, I) noise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from experiments._shared import epoch_curve, train
 from experiments.plotting import markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import swiss_roll
-from zoo.gaussian.model import Config, GaussianDiffusion
 from zoo.common.metrics import sliced_wasserstein
+from zoo.common.trainer import TrainConfig
+from zoo.gaussian.model import Config, GaussianDiffusion
+from zoo.report import Report, Result, figure, verdict
+from zoo.runs import epoch_curve
 
 
 @dataclass(frozen=True)
 class Toy2dConfig:
+    # An MLP with t/T concatenated (the seed), linear betas 1e-4..0.02 scaled by 1000/T
+    # (improved-diffusion), DDPM sampling with variance beta_tilde.
+    model: Config = Config(data="swiss-roll", arch="mlp", hidden=128, layers=3, mlp_time="concat",
+                           schedule="linear", T=100, beta_1=1e-3, beta_T=0.2, param="eps", loss="simple",
+                           sampler="ddpm", variance="beta_tilde")
+    train: TrainConfig = TrainConfig(epochs=100, batch_size=256, lr=3e-3, lr_schedule="cosine", log_every=100)
     n_train: int = 8000
     n_test: int = 2000
     noise: float = 0.5  # sklearn's swiss-roll noise before standardising
-    T: int = 100
-    beta_1: float = 1e-3  # the linear 1e-4..0.02 range scaled by 1000/T (improved-diffusion)
-    beta_T: float = 0.2
-    hidden: int = 128
-    layers: int = 3
-    time: str = "concat"  # t/T concatenated to x_t (seed) or "embed"
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 3e-3
     n_samples: int = 2000
-    variance: str = "beta_tilde"  # DDPM reverse variance: beta_tilde (posterior) or beta
 
 
 CLAIM = """
@@ -58,10 +56,8 @@ def _scatter_row(axes, clouds: dict[str, torch.Tensor], color: str) -> None:
 def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
     train_x = swiss_roll(cfg.n_train, noise=cfg.noise, seed=ctx.seed * 2)
     test_x = swiss_roll(cfg.n_test, noise=cfg.noise, seed=ctx.seed * 2 + 1)
-    model = GaussianDiffusion(Config(data="swiss-roll", arch="mlp", hidden=cfg.hidden, layers=cfg.layers,
-                                     mlp_time=cfg.time, schedule="linear", T=cfg.T, beta_1=cfg.beta_1,
-                                     beta_T=cfg.beta_T, param="eps", loss="simple", variance=cfg.variance))
-    proc = model.process
+    model = GaussianDiffusion(cfg.model)
+    proc, T = model.process, cfg.model.T
 
     # Forward process at t = 0, 33, 66, 100 (t = 0 is the data itself).
     gen = torch.Generator().manual_seed(ctx.seed)
@@ -71,8 +67,7 @@ def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
         x_t = train_x if t == 0 else proc.q_sample(train_x, torch.full((len(train_x),), t), eps)
         forward[f"t = {t}" + (f"  (alpha_bar = {proc.alpha_bars[t - 1]:.1e})" if t else "")] = x_t[:2000]
 
-    trainer = train(ctx, model, (train_x,), "mlp", val=(test_x,), epochs=cfg.epochs, batch_size=cfg.batch_size,
-                    lr=cfg.lr, lr_schedule="cosine", ema_decay=0.0, log_every=100)
+    trainer = ctx.fit(model, (train_x,), cfg.train, "mlp", val=(test_x,))
 
     # Reverse DDPM chain, recording the states at the shown times.
     reverse = {}
@@ -85,16 +80,15 @@ def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
     with trainer.averaged() as m:
         gen = torch.Generator().manual_seed(ctx.seed + 2)
         # x_T and gen stay on the CPU (the same numbers on any device); sample() moves x_T to the model.
-        samples = m.sample(cfg.n_samples, generator=gen, sampler="ddpm", variance=cfg.variance, callback=record,
-                           x_T=x_T).cpu()
-    reverse = {"t = 100 (noise)": x_T, **dict(sorted(reverse.items(), key=lambda kv: -int(kv[0].split()[2])))}
+        samples = m.sample(len(x_T), x_T=x_T, generator=gen, callback=record).cpu()
+    reverse = {f"t = {T} (noise)": x_T, **dict(sorted(reverse.items(), key=lambda kv: -int(kv[0].split()[2])))}
 
     fig, axes = plt.subplots(2, 4, figsize=(13, 6.8))
     _scatter_row(axes[0], forward, "tab:blue")
     _scatter_row(axes[1], reverse, "tab:red")
     axes[0, 0].set_ylabel("forward q(x_t | x_0)")
     axes[1, 0].set_ylabel("reverse DDPM")
-    fig.suptitle(f"Swiss roll, T = {cfg.T}, linear betas {cfg.beta_1:g}..{cfg.beta_T:g}")
+    fig.suptitle(f"Swiss roll, T = {T}, linear betas {cfg.model.beta_1:g}..{cfg.model.beta_T:g}")
     fig.tight_layout(h_pad=2.0)
     scatter_png = ctx.savefig(fig, "forward_reverse")
 
@@ -116,29 +110,31 @@ def run(cfg: Toy2dConfig, ctx: RunContext) -> dict:
     closed = (d["noise"] - d["samples"]) / (d["noise"] - d["fresh data (floor)"])
     rows = [{"compared with held-out data": k, "sliced W2": v} for k, v in d.items()]
     reproduced = closed > 0.8 and proc.alpha_bars[-1].item() < 1e-3
-    body = (f"Training: {cfg.n_train} points, {cfg.epochs} epochs, batch {cfg.batch_size}, MLP "
-            f"{cfg.layers}x{cfg.hidden} ReLU with t/T {cfg.time}ed, {trainer.step} steps in "
-            f"{trainer.train_seconds:.1f} s. The seed's T = 100 with the T = 1000 betas (1e-4..0.02) would end at "
-            f"alpha_bar_T = {torch.prod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)):.2f}, far from "
-            f"noise, so the betas are scaled by 1000/T as in improved-diffusion: alpha_bar_T = "
-            f"{proc.alpha_bars[-1]:.1e}.\n\n![forward and reverse]({scatter_png})\n\n"
-            f"{markdown_table(rows)}\n\nFinal loss: train {train_curve[-1]:.4f}, test {test_curve[-1]:.4f}.\n\n"
-            f"![loss]({loss_png})\n\n**Finding.** The roll dissolves into N(0, I) (top row) and the reverse "
-            f"chain recovers it (bottom row): samples are at sliced W2 {d['samples']:.3f} from held-out data "
-            f"against {d['noise']:.3f} for noise; a fresh draw of the data sits at {d['fresh data (floor)']:.3f}, "
-            f"so the samples close {100 * closed:.0f}% of the gap between noise and data (criterion: > 80%). "
-            f"Reproduced: {'yes' if reproduced else 'no'}. The concatenated scalar t is enough to learn the "
-            f"roll's outline; the thin inner end of the spiral is where such a small model stays blurry.")
-    ctx.write_report("2-D swiss roll: forward dissolution and reverse recovery", CLAIM, body)
-    return {"sliced_w1": d, "ratio_samples_to_noise": ratio, "gap_closed": closed, "alpha_bar_T": proc.alpha_bars[-1].item(),
-            "final_train_loss": train_curve[-1], "final_test_loss": test_curve[-1],
-            "train_seconds": trainer.train_seconds, "reproduced": reproduced}
+    a_T = proc.alpha_bars[-1].item()
+    body = [f"The seed's T = 100 with the T = 1000 betas (1e-4..0.02) would end at alpha_bar_T = "
+            f"{torch.prod(1 - torch.linspace(1e-4, 0.02, 100, dtype=torch.float64)):.2f}, far from noise, so the "
+            f"betas are scaled by 1000/T as in improved-diffusion: alpha_bar_T = {a_T:.1e}.",
+            figure(scatter_png), markdown_table(rows),
+            f"Final loss: train {train_curve[-1]:.4f}, test {test_curve[-1]:.4f} ({trainer.step} steps, "
+            f"{trainer.train_seconds:.1f} s).", figure(loss_png)]
+    finding = (f"The roll dissolves into N(0, I) (top row) and the reverse chain recovers it (bottom row): samples "
+               f"are at sliced W2 {d['samples']:.3f} from held-out data against {d['noise']:.3f} for noise; a fresh "
+               f"draw of the data sits at {d['fresh data (floor)']:.3f}, so the samples close {100 * closed:.0f}% of "
+               f"the gap. The concatenated scalar t is enough to learn the roll's outline; the thin inner end of "
+               f"the spiral is where such a small model stays blurry.")
+    v = verdict(reproduced, "the samples close > 80% of the noise-to-data gap and alpha_bar_T < 1e-3",
+                gap_closed=closed, alpha_bar_T=a_T)
+    metrics = {"sliced_w1": d, "ratio_samples_to_noise": ratio, "gap_closed": closed, "alpha_bar_T": a_T,
+               "final_train_loss": train_curve[-1], "final_test_loss": test_curve[-1],
+               "train_seconds": trainer.train_seconds, "reproduced": reproduced}
+    return Result(metrics, Report("2-D swiss roll: forward dissolution and reverse recovery", CLAIM, body, finding, v))
 
 
 PRESETS = {
-    "smoke": Toy2dConfig(n_train=512, n_test=256, epochs=2, batch_size=128, n_samples=256),
+    "smoke": Toy2dConfig(n_train=512, n_test=256, train=replace(Toy2dConfig.train, epochs=2, batch_size=128),
+                         n_samples=256),
     "quick": Toy2dConfig(),
-    "paper": Toy2dConfig(n_train=20000, n_test=5000, epochs=200, n_samples=5000),
+    "paper": Toy2dConfig(n_train=20000, n_test=5000, train=replace(Toy2dConfig.train, epochs=200), n_samples=5000),
 }
 experiment("toy2d", "swiss roll: forward scatter, MLP with t concatenated, reverse DDPM scatter, losses",
            PRESETS, order=2)(run)

@@ -8,36 +8,33 @@ then the seed's summary of the validation curve (quantiles and variance) and the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from experiments._shared import epoch_curve, quantiles, remove_checkpoints, seed001_config, train_guarded
+from experiments._shared import SEED001, SEED001_TRAIN, quantiles
 from experiments.plotting import markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.data import load_mnist
 from zoo.common.nets import count_parameters
-from zoo.gaussian.model import GaussianDiffusion
+from zoo.common.trainer import TrainConfig
+from zoo.gaussian.model import Config, GaussianDiffusion
+from zoo.report import Report, Result, figure, verdict
+from zoo.runs import epoch_curve
 
 SEED_SECONDS = {"small": 26.5, "medium": 67.2, "large": 245.4}  # the seed's seconds per epoch (50k images, GPU)
 
 
 @dataclass(frozen=True)
 class WidthSweepConfig:
+    model: Config = SEED001  # channels: set per width below
+    train: TrainConfig = replace(SEED001_TRAIN, step_size=30)  # the seed's StepLR(30, 0.1) in this sweep
     small: tuple[int, ...] = (8, 16, 32, 64)
     medium: tuple[int, ...] = (32, 64, 128, 256)
     large: tuple[int, ...] = (64, 128, 256, 512)
     n_train: int = 50000
     n_val: int = 10000  # the seed held out 20000 of 70000; here the 10000 MNIST valid images
-    T: int = 200
-    epochs: int = 60
-    batch_size: int = 100
-    lr: float = 0.01
-    rho_lr: float = 0.2
-    step_size: int = 30  # the seed's StepLR(step_size=30, gamma=0.1) in this sweep
-    gamma: float = 0.1
-    grad_clip: float | None = None  # the seed clips nothing
 
 
 CLAIM = """
@@ -54,28 +51,24 @@ maximum 2.2699 for large): the small network is the efficient choice, the large 
 @torch.no_grad()
 def copy_baseline(cfg: WidthSweepConfig, x_val: torch.Tensor, seed: int) -> float:
     """Validation loss of mu = x_t (rho0 = 1, rho1 = 0: the network switched off), batch-averaged."""
-    model = GaussianDiffusion(seed001_config(cfg.small, T=cfg.T, param="mean", loss="mean-matching",
-                                             mm_target="posterior", mm_reduction="mean"))
+    model = GaussianDiffusion(replace(cfg.model, channels=cfg.small))
     model.rho1.zero_()
     torch.manual_seed(seed)
-    losses = [float(model.loss((x_val[i:i + cfg.batch_size],))["loss"]) * len(x_val[i:i + cfg.batch_size])
-              for i in range(0, len(x_val), cfg.batch_size)]
+    bs = cfg.train.batch_size
+    losses = [float(model.loss((x_val[i:i + bs],))["loss"]) * len(x_val[i:i + bs]) for i in range(0, len(x_val), bs)]
     return sum(losses) / len(x_val)
 
 
-def run(cfg: WidthSweepConfig, ctx: RunContext) -> dict:
+def run(cfg: WidthSweepConfig, ctx: RunContext) -> Result:
     x, _ = load_mnist("train", view="grey", limit=cfg.n_train)
     x_val, _ = load_mnist("valid", view="grey", limit=cfg.n_val)
     widths = {"small": cfg.small, "medium": cfg.medium, "large": cfg.large}
     curves, rows, results = {}, [], {}
     for name, channels in widths.items():
         torch.manual_seed(ctx.seed)
-        model = GaussianDiffusion(seed001_config(channels, T=cfg.T, param="mean", loss="mean-matching",
-                                                 mm_target="posterior", mm_reduction="mean", rho_lr=cfg.rho_lr))
-        trainer, error = train_guarded(ctx, model, (x,), name, val=(x_val,), epochs=cfg.epochs,
-                                       batch_size=cfg.batch_size, lr=cfg.lr, lr_schedule="step",
-                                       step_size=cfg.step_size, gamma=cfg.gamma, grad_clip=cfg.grad_clip,
-                                       ema_decay=0.0, log_every=10 ** 9)
+        model = GaussianDiffusion(replace(cfg.model, channels=channels))
+        trainer = ctx.fit(model, (x,), cfg.train, name, val=(x_val,), guarded=True)
+        error = trainer.error
         done = [r for r in trainer.history if r["kind"] == "epoch" and r["complete"]]
         train_c, val_c = epoch_curve(trainer, "train_loss"), epoch_curve(trainer, "val_loss")
         sec = [r["seconds"] for r in done]
@@ -94,7 +87,7 @@ def run(cfg: WidthSweepConfig, ctx: RunContext) -> dict:
                      "seed x small": SEED_SECONDS[name] / SEED_SECONDS["small"],
                      **{k: q.get(k, float("nan")) for k in ("min", "q25", "median", "q75", "max", "variance")},
                      "diverged": "yes" if error else "no"})
-    remove_checkpoints(ctx)
+    ctx.remove_checkpoints()
     copy_loss = copy_baseline(cfg, x_val, ctx.seed + 7)
     rows.append({"width": "mu = x_t (no network)", "median": copy_loss})
 
@@ -123,40 +116,38 @@ def run(cfg: WidthSweepConfig, ctx: RunContext) -> dict:
     faster = sec["small"] < sec["medium"] < sec["large"]
     ratio = {n: sec[n] / sec["small"] for n in widths}
     listing = lambda key, fmt: ", ".join(f"{n} {fmt.format(key(n))}" for n in widths)  # noqa: E731
-    body = (f"Setting: {len(x)} MNIST train images, {len(x_val)} validation images, T = {cfg.T}, linear betas "
-            f"1e-4..0.1, mean parameterisation (rho0/rho1 at lr {cfg.rho_lr}), per-pixel mean-matching loss, "
-            f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr}, StepLR {cfg.step_size} x {cfg.gamma}, "
-            f"grad clip {cfg.grad_clip}, device {ctx.device}, {torch.get_num_threads()} torch thread(s). Every width "
-            f"sees the same batches and noise. Quantiles and variance are over the per-epoch validation losses, as "
-            f"in the seed. Seconds per epoch are for {len(x)} images on this device, so compare the ratios to "
-            f"small, not the seconds, with the seed's (50000 images on its GPU).\n\n{markdown_table(rows)}\n\n"
-            f"![losses]({curves_png})\n\n"
-            f"Learned rho0 / rho1: {listing(lambda n: (results[n]['rho0'], results[n]['rho1']), '{0[0]:.4f} / {0[1]:.4f}')}."
-            f"\n\n**Finding.** Cost: {'reproduced' if faster else 'not reproduced'}: seconds per epoch grow with "
-            f"width ({listing(sec.get, '{:.2f} s')}; medium/small {ratio['medium']:.2f}x and large/small "
-            f"{ratio['large']:.2f}x here against the seed's {SEED_SECONDS['medium'] / SEED_SECONDS['small']:.2f}x and "
-            f"{SEED_SECONDS['large'] / SEED_SECONDS['small']:.2f}x), with "
-            f"{listing(lambda n: results[n]['params'], '{:,}')} network parameters. Instability of the large model "
-            f"(diverged, or a validation median > 2x or a variance > 10x the small model's): "
-            f"{'reproduced' if large_unstable else 'not reproduced at this preset'}; the medium model is "
-            f"{'also unstable here (the seed trained it stably)' if unstable['medium'] else 'stable, as in the seed'}. "
-            f"Median validation losses {listing(med.get, '{:.4f}')}; variances {listing(v.get, '{:.3g}')}. "
-            f"The learned rho0 ends at {listing(lambda n: results[n]['rho0'], '{:.3f}')} (initialised at 1): "
-            f"an unstable run is one whose rho0, on its own learning rate {cfg.rho_lr}, is driven away from 1 in the "
-            f"first steps, after which the network cannot recover within this budget. For scale: copying the input, "
-            f"mu = x_t (rho0 = 1, rho1 = 0), scores {copy_loss:.4f} on the same validation draws; widths whose "
-            f"rho1 ended near 0 ({', '.join(n for n in widths if abs(results[n]['rho1']) < 0.1) or 'none'}) "
-            f"predict little more than that.")
-    ctx.write_report("Seed ScoreNet width sweep: losses, stability and cost", CLAIM, body)
-    return {"widths": results, "curves": curves, "unstable": unstable, "copy_x_t_val_loss": copy_loss, "large_unstable": large_unstable,
-            "cost_grows_with_width": faster}
+    body = [f"Every width sees the same batches and noise; {torch.get_num_threads()} torch thread(s). Quantiles and "
+            f"variance are over the per-epoch validation losses, as in the seed. Seconds per epoch are for {len(x)} "
+            f"images on this device: compare the ratios to small, not the seconds, with the seed's (50000 images "
+            f"on its GPU).", markdown_table(rows), figure(curves_png),
+            f"Learned rho0 / rho1: {listing(lambda n: (results[n]['rho0'], results[n]['rho1']), '{0[0]:.4f} / {0[1]:.4f}')}."]
+    finding = (f"Cost {'grows' if faster else 'does not grow'} with width ({listing(sec.get, '{:.2f} s')} per epoch; "
+               f"medium/small {ratio['medium']:.2f}x and large/small {ratio['large']:.2f}x against the seed's "
+               f"{SEED_SECONDS['medium'] / SEED_SECONDS['small']:.2f}x and "
+               f"{SEED_SECONDS['large'] / SEED_SECONDS['small']:.2f}x), with "
+               f"{listing(lambda n: results[n]['params'], '{:,}')} network parameters. The large model is "
+               f"{'unstable' if large_unstable else 'stable'} (diverged, or a validation median > 2x or a variance "
+               f"> 10x the small model's); the medium model is "
+               f"{'also unstable here (the seed trained it stably)' if unstable['medium'] else 'stable, as in the seed'}. "
+               f"Median validation losses {listing(med.get, '{:.4f}')}; variances {listing(v.get, '{:.3g}')}. An "
+               f"unstable run is one whose rho0, on its own learning rate, is driven away from 1 in the first steps. "
+               f"For scale: copying the input, mu = x_t, scores {copy_loss:.4f} on the same validation draws; widths "
+               f"whose rho1 ended near 0 ({', '.join(n for n in widths if abs(results[n]['rho1']) < 0.1) or 'none'}) "
+               f"predict little more than that.")
+    verdict_ = verdict(faster and large_unstable, "seconds per epoch grow with width, and the large model is unstable",
+                       seconds_per_epoch=sec, large_unstable=large_unstable)
+    metrics = {"widths": results, "curves": curves, "unstable": unstable, "copy_x_t_val_loss": copy_loss,
+               "large_unstable": large_unstable, "cost_grows_with_width": faster}
+    title = "Seed ScoreNet width sweep: losses, stability and cost"
+    return Result(metrics, Report(title, CLAIM, body, finding, verdict_))
 
 
+_BASE = WidthSweepConfig()
 PRESETS = {
-    "smoke": WidthSweepConfig(n_train=60, n_val=20, epochs=2, batch_size=20, step_size=1,
-                              small=(4, 8, 8, 16), medium=(8, 8, 16, 16), large=(8, 16, 16, 32)),
-    "quick": WidthSweepConfig(n_train=3000, n_val=1000, epochs=8, step_size=4),
-    "paper": WidthSweepConfig(),
+    "smoke": replace(_BASE, n_train=60, n_val=20, train=replace(_BASE.train, epochs=2, batch_size=20, step_size=1),
+                     small=(4, 8, 8, 16), medium=(8, 8, 16, 16), large=(8, 16, 16, 32)),
+    "quick": replace(_BASE, n_train=3000, n_val=1000, train=replace(_BASE.train, epochs=8, step_size=4)),
+    "paper": _BASE,
 }
 experiment("width-sweep", "seed ScoreNet small/medium/large widths: train/val loss, variance, seconds per epoch",
            PRESETS, order=4)(run)

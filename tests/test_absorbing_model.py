@@ -12,6 +12,7 @@ import torch
 from zoo.binary.absorbing_model import AbsorbingDiffusion, Config, build
 from zoo.binary.schedules import ConfigError
 from zoo.common.trainer import TrainConfig, Trainer
+from zoo.evaluation import NFECounter
 from zoo.formulations import load_dataset
 
 
@@ -49,7 +50,12 @@ def test_model_interface(loss):
     seen = []
     model.sample(2, steps=3, callback=lambda s, x: seen.append((s, (x == 0).float().mean().item())))
     assert [s for s, _ in seen] == [5, 3, 0] and seen[-1][1] == 0  # trailing_steps(8, 3) = 8, 5, 3
-    assert model.nfe == 8
+    with NFECounter(model) as counter:  # one network evaluation per step taken: T by default, `steps` if set
+        model.sample(2)
+    assert counter.per_sample(2) == 8
+    with NFECounter(model) as counter:
+        model.sample(2, steps=3)
+    assert counter.per_sample(2) == 3
 
 
 def test_model_on_the_meta_device_creates_no_cpu_tensor():

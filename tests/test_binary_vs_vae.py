@@ -19,7 +19,7 @@ def test_registered():
     exp = REGISTRY["binary-vs-vae"]
     assert exp.order == 9 and set(exp.presets) == {"smoke", "quick", "paper"}
     paper = exp.presets["paper"]
-    assert paper.iwae_k == 5000 and paper.n_test is None  # the headline: k = 5000, whole test set
+    assert paper.model.vae.iwae_k == 5000 and paper.eval.n_test is None  # the headline: k = 5000, whole test set
 
 
 def test_smoke_preset_runs_on_fake_mnist(fake_mnist, tmp_path):
@@ -28,18 +28,20 @@ def test_smoke_preset_runs_on_fake_mnist(fake_mnist, tmp_path):
     cfg = REGISTRY["binary-vs-vae"].presets["smoke"]
     for name in ("binary", "vae"):
         r = m[name]
-        for key in ("elbo_nats", "elbo_se", "train_seconds", "sample_seconds_per_1000"):
+        for key in ("elbo_nats", "elbo_se", "nll_nats", "nll_se", "train_seconds", "sample_seconds_per_1000"):
             assert _finite(r[key]) and r[key] >= 0, (name, key, r[key])
         assert r["samples"] and all(_finite(v) for v in r["samples"].values())
         assert r["parameters"] > 0
     b, v = m["binary"], m["vae"]
-    assert len(b["kl_per_t"]) == cfg.T and all(_finite(k) and k >= 0 for k in b["kl_per_t"])
-    assert b["nfe"] == cfg.T and v["nfe"] == 1
+    assert len(b["elbo_kl"]) == cfg.model.binary.T and all(_finite(k) and k >= 0 for k in b["elbo_kl"])
+    assert b["nfe"] == cfg.model.binary.T and v["nfe"] == 1  # counted: T network calls per image, one decoder pass
     # The all-t ELBO is its parts; an untrained model is near 784 log 2 = 543 nats per image.
-    assert b["elbo_nats"] == pytest.approx(b["prior_kl"] + sum(b["kl_per_t"]), rel=1e-9)
+    assert b["elbo_nats"] == pytest.approx(b["elbo_prior"] + sum(b["elbo_kl"]), rel=1e-9)
+    assert b["nll_nats"] == b["elbo_nats"]  # the diffusion's NLL bound is its ELBO
+    assert v["elbo_total"] == pytest.approx(v["elbo_recon"] + v["elbo_kl"], rel=1e-9)
     assert 100 < b["elbo_nats"] < 2000 and 100 < v["elbo_nats"] < 2000
-    assert _finite(v["iwae_nll"]) and v["iwae_k"] == cfg.iwae_k
-    assert m["n_test"] == cfg.n_test and m["n_train"] == cfg.n_train
+    assert m["n_test"] == cfg.eval.n_test and m["n_train"] == cfg.n_train
+    assert m["verdict"]["reproduced"] == "not tested" and m["verdict"]["numbers"]["vae_iwae"] == v["nll_nats"]
     files = {p.name for p in out.iterdir()}
     assert {"report.md", "metrics.json", "config.json", "log.jsonl", "samples.png", "chain.png", "curves.png",
             "kl_per_t.png"} <= files

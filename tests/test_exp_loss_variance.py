@@ -21,13 +21,13 @@ def test_loss_variance_smoke(fake_mnist, tmp_path):
     assert m["d"] == 784
     for red in ("sum", "mean"):
         per_subset = np.array(m["per_subset"][red])
-        assert per_subset.shape == (cfg.n_subsets, cfg.epochs)
+        assert per_subset.shape == (cfg.n_subsets, cfg.train.epochs)
         assert np.isfinite(per_subset).all() and (per_subset > 0).all()
         for key in ("mean", "std", "rel_spread"):
             curve = np.array(m["curves"][red][key])
-            assert curve.shape == (cfg.epochs,) and np.isfinite(curve).all()
+            assert curve.shape == (cfg.train.epochs,) and np.isfinite(curve).all()
         np.testing.assert_allclose(m["curves"][red]["mean"], per_subset.mean(0), rtol=1e-6)
-    assert np.isfinite(m["std_ratio_mean_over_sum"]).all() and len(m["std_ratio_mean_over_sum"]) == cfg.epochs
+    assert np.isfinite(m["std_ratio_mean_over_sum"]).all() and len(m["std_ratio_mean_over_sum"]) == cfg.train.epochs
     # One model, same t / noise / posterior draws: the summed loss is exactly d times the mean.
     assert len(m["eval_sum_over_mean"]) == 2 * cfg.n_subsets
     np.testing.assert_allclose(m["eval_sum_over_mean"], 784.0, rtol=1e-5)

@@ -8,7 +8,7 @@ import math
 import torch
 
 from experiments import run_experiment
-from experiments._shared import total_variation
+from zoo.common.metrics import total_variation
 
 KEYS = {"method", "steps", "nfe", "seconds", "classifier_fid", "pixel_fid", "total_variation"}
 

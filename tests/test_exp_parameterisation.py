@@ -19,7 +19,7 @@ def test_parameterisation_smoke(fake_mnist, tmp_path):
         assert r["diverged"] is None, param
         assert math.isfinite(r["pixel_fid"]) and r["pixel_fid"] >= 0, param
         assert math.isfinite(r["classifier_fid"]) and r["classifier_fid"] >= 0, param
-        assert len(m["train_curves"][param]) == cfg.epochs and math.isfinite(r["final_train_loss"])
+        assert len(m["train_curves"][param]) == cfg.train.epochs and math.isfinite(r["final_train_loss"])
     assert "rho0" in m["results"]["mean"] and "rho0" not in m["results"]["eps"]
     assert math.isfinite(m["results"]["mean"]["rho0"]) and math.isfinite(m["results"]["mean"]["rho1"])
     assert math.isfinite(m["real_floor"]["pixel_fid"]) and isinstance(m["reproduced"], bool)

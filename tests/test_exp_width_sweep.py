@@ -19,12 +19,12 @@ def test_width_sweep_smoke(fake_mnist, tmp_path):
     assert params[0] < params[1] < params[2]  # wider is bigger
     for name, r in m["widths"].items():
         assert r["diverged"] is None, name
-        assert len(m["curves"][name]["train"]) == len(m["curves"][name]["val"]) == cfg.epochs
+        assert len(m["curves"][name]["train"]) == len(m["curves"][name]["val"]) == cfg.train.epochs
         assert all(math.isfinite(v) and v > 0 for v in m["curves"][name]["train"] + m["curves"][name]["val"])
         q = r["val_quantiles"]
         assert set(q) == {"min", "q25", "median", "q75", "max", "variance"}
         assert q["min"] <= q["q25"] <= q["median"] <= q["q75"] <= q["max"] and q["variance"] >= 0
         assert r["seconds_per_epoch"] > 0 and math.isfinite(r["rho0"]) and math.isfinite(r["rho1"])
-        assert len(m["curves"][name]["rho0"]) == cfg.epochs
+        assert len(m["curves"][name]["rho0"]) == cfg.train.epochs
     assert math.isfinite(m["copy_x_t_val_loss"]) and m["copy_x_t_val_loss"] > 0
     assert set(m["unstable"]) == {"medium", "large"} and m["large_unstable"] == m["unstable"]["large"]

@@ -44,7 +44,9 @@ def test_zoo_table_smoke(fake_mnist, tmp_path):
         assert row["train_s"] > 0 and row["sample_s_per_1000"] > 0
     # NFE by construction: DDIM steps, 1/dt, T, one decoder call
     assert [rows[k]["nfe"] for k in ("gaussian", "ve", "binary", "vae")] == [5, 10, 5, 1]
-    assert "likelihood" not in rows["ve"] and all("likelihood" in rows[k] for k in ("gaussian", "binary", "vae"))
+    # Every row has a likelihood in nats per image: the VE row through the probability-flow ODE.
+    assert all(math.isfinite(rows[k]["nll_nats"]) for k in ("gaussian", "ve", "binary", "vae"))
+    assert "bits_per_dim" in rows["gaussian"]
     assert rows["gaussian"]["params"] == rows["binary"]["params"]  # the same U-Net for both
     header = (tmp_path / "table.csv").read_text().splitlines()[0]
     assert "classifier_fid" in header and len((tmp_path / "table.csv").read_text().splitlines()) == 5

@@ -119,8 +119,9 @@ def test_model_interface():
     model = build(Config(latent_dim=8, hidden=32, channels=(8, 16), iwae_k=50))
     x = _strokes(4, seed=5)
     out = model.loss((x,))
-    assert set(out) == {"loss", "recon", "kl"} and out["loss"].ndim == 0
+    assert set(out) == {"loss", "recon", "kl", "elbo_est"} and out["loss"].ndim == 0
     torch.testing.assert_close(out["loss"], (out["recon"] + out["kl"]))
+    torch.testing.assert_close(out["elbo_est"], out["loss"].detach())  # logged under the bit-flip model's name
     assert model.nll((x,), generator=torch.Generator().manual_seed(0)).shape == (4,)
     s = model.sample(3, generator=torch.Generator().manual_seed(0))
     assert s.shape == (3, 1, 28, 28) and set(s.unique().tolist()) <= {-1.0, 1.0}

@@ -54,7 +54,8 @@ def _check_device(device: str) -> str:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of every RNG.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a field of the preset's config (repeatable).")
+              help="Override a leaf of the preset's config tree, e.g. train.lr=1e-3, model.channels=16,32, "
+                   "eval.n_samples=100 (a bare key where unambiguous; repeatable).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Rerun from a config.json written by an earlier run (its preset, seed and config).")
 def run_cmd(name, preset, out_dir, device, seed, overrides, config_path) -> None:
@@ -181,7 +182,7 @@ def train_cmd(formulation, sets, trains, out_dir, device, seed, limit, resume) -
 @click.option("--kw", "kws", multiple=True, metavar="KEY=VALUE",
               help="Sampler keyword, e.g. sampler=ddim, steps=50, w=2.")
 def sample_cmd(ckpt, n, out, device, seed, kws) -> None:
-    """Draw samples from a `zoo train` checkpoint: a PNG grid and the tensor (.pt)."""
+    """Draw samples from any zoo checkpoint: a PNG grid and the tensor (.pt)."""
     from zoo.workflows import parse_kwargs, sample
 
     _check_device(device)
@@ -198,7 +199,7 @@ def sample_cmd(ckpt, n, out, device, seed, kws) -> None:
 @click.option("--kw", "kws", multiple=True, metavar="KEY=VALUE", help="Sampler keyword.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON.")
 def eval_cmd(ckpt, n_samples, n_test, device, seed, kws, out) -> None:
-    """Likelihood and sample quality (FID, or a 2-D distance) of a `zoo train` checkpoint."""
+    """Likelihood, sample quality (FID, or a 2-D distance), NFE and time of any zoo checkpoint."""
     import json
 
     from zoo.common.utils import write_json
@@ -276,7 +277,7 @@ def eval_data(n: tuple[int, ...], seed: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, exit 2 for usage and 1 for runtime failures."""
-    from experiments.registry import UsageError
+    from zoo.common.config import UsageError
 
     try:
         cli.main(args=argv, prog_name="zoo", standalone_mode=False)

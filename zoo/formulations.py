@@ -1,15 +1,17 @@
-"""The formulations the CLI can train, sample and evaluate by name.
+"""The formulations the CLI can train, sample and evaluate by name: the one name registry.
 
 Each formulation module defines
 
 - ``Config``: a frozen dataclass of the model's settings, with a field ``data`` naming one of
-  ``DATASETS`` below;
+  ``zoo.common.data.DATASETS``;
 - ``build(cfg) -> nn.Module``: the model implementing the trainer interface (zoo/common/trainer.py):
-  ``loss(batch) -> dict``, ``sample(n, generator=None, **kw)`` in the data view, optional
-  ``nll(batch) -> Tensor[B]`` in nats per example.
+  ``loss(batch) -> dict``, ``sample(n, x_T=None, generator=None, **kw)`` in the data view,
+  optional ``nll(batch) -> Tensor[B]`` in nats per example and ``elbo_terms(batch) -> dict``,
+  and ``NETWORK``, the name of the submodule whose calls count as network evaluations (NFE).
 
-Checkpoints written by ``zoo train`` carry ``meta = {"formulation": name, "config": asdict(cfg)}``
-so ``zoo sample`` and ``zoo eval`` can rebuild the model from the file alone.
+Every checkpoint written through ``zoo.runs.train`` carries ``meta(model)`` =
+``{"formulation": name, "config": asdict(cfg)}``, so ``zoo sample`` and ``zoo eval`` rebuild the
+model from the file alone.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import dataclasses
 import importlib
 from typing import Any
 
-import torch
-
 from zoo import ZooError
+from zoo.common.config import config_from_dict
+from zoo.common.data import DATASETS, load_dataset, to_unit  # noqa: F401  (re-exported)
 
 FORMULATION_MODULES = {
     "gaussian": "zoo.gaussian.model",
@@ -28,16 +30,6 @@ FORMULATION_MODULES = {
     "absorbing": "zoo.binary.absorbing_model",
     "ve": "zoo.continuous_time.model",
     "vae": "zoo.vae.model",
-}
-
-# name -> (loader kind, view)
-DATASETS = {
-    "mnist-grey": ("mnist", "grey"),
-    "mnist-unit": ("mnist", "unit"),
-    "mnist-binary": ("mnist", "binary"),
-    "mnist-binary-stochastic": ("mnist", "binary-stochastic"),
-    "swiss-roll": ("toy", "swiss_roll"),
-    "spiral": ("toy", "spiral"),
 }
 
 
@@ -50,29 +42,19 @@ def module(name: str):
         raise ZooError(f"formulation {name!r} is not available in this version ({e})") from None
 
 
-def load_dataset(name: str, split: str = "train", limit: int | None = None,
-                 seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """(x, y) of a dataset by name; toys have no labels and draw train/test with different seeds."""
-    if name not in DATASETS:
-        raise ZooError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    kind, view = DATASETS[name]
-    if kind == "mnist":
-        from zoo.common.data import load_mnist
-
-        return load_mnist(split, view=view, limit=limit, seed=seed)
-    from zoo.common import data
-
-    n = limit or (10000 if split.startswith("train") else 2000)
-    split_seed = seed * 2 + (0 if split.startswith("train") else 1)
-    return (data.swiss_roll(n, seed=split_seed) if view == "swiss_roll" else data.spiral(n, seed=split_seed),)
+def name_of(model: Any) -> str:
+    """The registry name of a formulation instance (by the module that defines its class)."""
+    names = {path: name for name, path in FORMULATION_MODULES.items()}
+    path = type(model).__module__
+    if path not in names:
+        raise ZooError(f"{type(model).__name__} is not a registered formulation; "
+                       f"formulations: {', '.join(FORMULATION_MODULES)}")
+    return names[path]
 
 
-def to_unit(x: torch.Tensor, dataset: str) -> torch.Tensor:
-    """Map samples from a dataset's view to [0, 1] pixels (for FID and pictures)."""
-    view = DATASETS[dataset][1]
-    if view in ("grey", "binary", "binary-stochastic"):
-        return ((x + 1) / 2).clamp(0, 1)
-    return x.clamp(0, 1)
+def meta(model: Any) -> dict[str, Any]:
+    """What a checkpoint carries to rebuild `model`: its formulation name and config."""
+    return {"formulation": name_of(model), "config": dataclasses.asdict(model.cfg)}
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
@@ -81,11 +63,9 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 
 def rebuild(meta: dict[str, Any]):
     """(formulation name, config, model) from a checkpoint's meta."""
-    from experiments.registry import config_from_dict
-
     name = meta.get("formulation")
     if name is None:
-        raise ZooError("this checkpoint was not written by `zoo train` (no formulation in its meta)")
+        raise ZooError("this checkpoint carries no formulation meta (it was not written by zoo.runs.train)")
     mod = module(name)
     cfg = config_from_dict(mod.Config(), meta.get("config", {}))
     return name, cfg, mod.build(cfg)

@@ -72,6 +72,8 @@ def validate(cfg: Config) -> None:
 class AbsorbingDiffusion(nn.Module):
     """Masked diffusion on {-1, +1} images with an x0-predicting U-Net."""
 
+    NETWORK = "net"  # the submodule whose calls are network evaluations (NFE)
+
     def __init__(self, cfg: Config = Config()):
         super().__init__()
         validate(cfg)
@@ -84,11 +86,6 @@ class AbsorbingDiffusion(nn.Module):
         self.net = UNet(UNetConfig(channels=tuple(cfg.channels), blocks_per_level=cfg.blocks_per_level,
                                    embed_dim=cfg.embed_dim, groups=cfg.groups, num_classes=cfg.num_classes,
                                    in_channels=2, out_channels=1))
-
-    @property
-    def nfe(self) -> int:
-        """Network evaluations per sample (without guidance; guidance doubles the batch, not the calls)."""
-        return self.cfg.steps or self.T
 
     def x0_logits(self, x_t: torch.Tensor, u: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of mu_theta(x_0 = +1 | x_t) (B, 1, 28, 28) at continuous times u (B,)."""
@@ -127,9 +124,8 @@ class AbsorbingDiffusion(nn.Module):
         return self.elbo_terms(batch, generator)["total"]
 
     @torch.no_grad()
-    def sample(self, n: int, x_T: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               labels: torch.Tensor | None = None, w: float = 1.0, steps: int | None = None,
-               callback=None) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None,
+               w: float = 1.0, steps: int | None = None, callback=None, x_T: torch.Tensor | None = None) -> torch.Tensor:
         """n images in {-1, +1} (n, 1, 28, 28) by ancestral unmasking from all-masked x_T.
 
         A conditional model with no `labels` is guided towards labels 0, 1, ..., num_classes - 1 in

@@ -28,11 +28,12 @@ from torch import nn
 from zoo.binary import bitflip
 from zoo.binary.guidance import logits_for, training_labels
 from zoo.binary.schedules import ConfigError, constant_for_kappa_T, make_deltas
+from zoo.common.data import DATASETS, is_binary, is_image
 from zoo.common.nets import UNet, UNetConfig
 from zoo.common.utils import module_device, to_device
 
 IMAGE_SHAPE = (1, 28, 28)
-BINARY_DATASETS = ("mnist-binary", "mnist-binary-stochastic")
+BINARY_DATASETS = tuple(name for name in DATASETS if is_image(name) and is_binary(name))
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,9 @@ PARAMETERISATIONS = {"posterior": _posterior_logits, "x0": bitflip.x0_to_logits}
 class BitFlipDiffusion(nn.Module):
     """Bit-flip diffusion on {-1, +1} images with a U-Net reverse model."""
 
+    NETWORK = "net"  # the submodule whose calls are network evaluations (NFE)
+    NLL_IS_ELBO = True  # nll(batch) is elbo_terms(batch)["total"]
+
     def __init__(self, cfg: Config = Config()):
         super().__init__()
         if cfg.data not in BINARY_DATASETS:
@@ -93,11 +97,6 @@ class BitFlipDiffusion(nn.Module):
         self.net = UNet(UNetConfig(channels=tuple(cfg.channels), blocks_per_level=cfg.blocks_per_level,
                                    embed_dim=cfg.embed_dim, groups=cfg.groups, num_classes=cfg.num_classes,
                                    in_channels=1, out_channels=1))
-
-    @property
-    def nfe(self) -> int:
-        """Network evaluations per sample."""
-        return self.T
 
     def net_logits(self, y_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The network's per-pixel logits (of Q_t or of P(Y_0 = +1), per parameterisation), class y."""
@@ -125,13 +124,16 @@ class BitFlipDiffusion(nn.Module):
         return {"loss": terms["bce"].mean(), "kl": terms["kl"].detach().mean(), "elbo_est": elbo_est.mean()}
 
     @torch.no_grad()
-    def elbo(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def elbo_terms(self, batch: tuple[torch.Tensor, ...],
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """The all-t ELBO terms of `bitflip.elbo_all_t`: prior (B,), kl (B, T), total (B,) in nats."""
         return bitflip.elbo_all_t(self.logits, batch[0].to(module_device(self)), self.deltas, generator, self.cfg.eval_batch)
 
+    elbo = elbo_terms  # the earlier name
+
     def nll(self, batch: tuple[torch.Tensor, ...], generator: torch.Generator | None = None) -> torch.Tensor:
         """The ELBO bound on -log p(Y_0) in nats per image (B,), every t evaluated."""
-        return self.elbo(batch, generator)["total"]
+        return self.elbo_terms(batch, generator)["total"]
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, callback=None,

@@ -256,3 +256,56 @@ def spiral(n: int, seed: int | None = None) -> torch.Tensor:
 
     pts, _ = make_swiss_roll(n_samples=n, noise=0.0, random_state=seed)
     return _standardise(pts[:, [0, 2]])
+
+
+# --------------------------------------------------------------------------- datasets by name
+
+# name -> (loader kind, view): the datasets a formulation Config's ``data`` field may name.
+DATASETS = {
+    "mnist-grey": ("mnist", "grey"),
+    "mnist-unit": ("mnist", "unit"),
+    "mnist-binary": ("mnist", "binary"),
+    "mnist-binary-stochastic": ("mnist", "binary-stochastic"),
+    "swiss-roll": ("toy", "swiss_roll"),
+    "spiral": ("toy", "spiral"),
+}
+
+
+def check_dataset(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def is_image(name: str) -> bool:
+    """True for the MNIST views, False for the 2-D toys."""
+    return DATASETS[name][0] == "mnist"
+
+
+def is_binary(name: str) -> bool:
+    """True for the binarised MNIST views ({-1, +1} pixels)."""
+    return DATASETS[name][1].startswith("binary")
+
+
+def example_shape(name: str) -> tuple[int, ...]:
+    """Shape of one example of a dataset's view."""
+    return (1, 28, 28) if is_image(name) else (2,)
+
+
+def load_dataset(name: str, split: str = "train", limit: int | None = None,
+                 seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """(x, y) of a dataset by name; toys have no labels and draw train/test with different seeds."""
+    if name not in DATASETS:
+        raise ZooError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    kind, view = DATASETS[name]
+    if kind == "mnist":
+        return load_mnist(split, view=view, limit=limit, seed=seed)
+    n = limit or (10000 if split.startswith("train") else 2000)
+    split_seed = seed * 2 + (0 if split.startswith("train") else 1)
+    return (swiss_roll(n, seed=split_seed) if view == "swiss_roll" else spiral(n, seed=split_seed),)
+
+
+def to_unit(x: torch.Tensor, dataset: str | None = None) -> torch.Tensor:
+    """Pixels of a [-1, 1] view (grey, binary) to [0, 1], for metrics and pictures; `mnist-unit` stays."""
+    if dataset is not None and DATASETS[dataset][1] == "unit":
+        return x.clamp(0, 1)
+    return ((x + 1) / 2).clamp(0, 1)

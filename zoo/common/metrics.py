@@ -179,11 +179,20 @@ def sample_metrics(samples_unit: torch.Tensor, binarised: bool = False, n_ref: i
             "classifier_fid": classifier_fid(samples_unit, binarised=binarised)}
 
 
-def floor_and_ceiling(n: int = 10000, binarised: bool = False, seed: int = 0) -> dict[str, float]:
+def total_variation(x_unit: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of horizontally and vertically neighbouring pixels, per image (N,)."""
+    dx = (x_unit[..., :, 1:] - x_unit[..., :, :-1]).abs().flatten(1).sum(1)  # (N,)
+    dy = (x_unit[..., 1:, :] - x_unit[..., :-1, :]).abs().flatten(1).sum(1)  # (N,)
+    return (dx + dy) / x_unit[0].numel()
+
+
+def floor_and_ceiling(n: int = 10000, binarised: bool = False, seed: int = 0, n_ref: int = 1000,
+                      ceiling: bool = True) -> dict[str, float]:
     """What `zoo eval-data` prints: classifier and pixel FID of the first `n` MNIST train images
     (the floor: what real digits score) and of `n` images of uniform noise in [0, 1]
-    (the ceiling), each against the test references of `sample_metrics`. With `binarised`, the
-    train images are binarised at 0.5 and the noise is fair coins in {0, 1}."""
+    (the ceiling, unless `ceiling` is False), each against the test references of `sample_metrics`
+    (pixel FID: the first `n_ref` test images), with their mean total variation. With `binarised`,
+    the train images are binarised at 0.5 and the noise is fair coins in {0, 1}."""
     from zoo.common.data import load_mnist
 
     if binarised:
@@ -191,14 +200,16 @@ def floor_and_ceiling(n: int = 10000, binarised: bool = False, seed: int = 0) ->
         train = (train + 1) / 2
     else:
         train, _ = load_mnist("train", view="unit", limit=n)
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.rand(len(train), 1, 28, 28, generator=gen)  # (n, 1, 28, 28)
-    if binarised:
-        noise = (noise < 0.5).float()
+    sets = {"train": train}
+    if ceiling:
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.rand(len(train), 1, 28, 28, generator=gen)  # (n, 1, 28, 28)
+        sets["noise"] = (noise < 0.5).float() if binarised else noise
     out = {}
-    for name, x in (("train", train), ("noise", noise)):
-        for key, value in sample_metrics(x, binarised=binarised).items():
+    for name, x in sets.items():
+        for key, value in sample_metrics(x, binarised=binarised, n_ref=n_ref).items():
             out[f"{name}_{key}"] = value
+        out[f"{name}_total_variation"] = float(total_variation(x).mean())
     return out
 
 

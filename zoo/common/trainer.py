@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo import ZooError
+from zoo.common.config import check, finite_positive
 from zoo.common.utils import atomic_write_bytes, resolve_device, rng_state, seed_everything, set_rng_state
 
 CHECKPOINT_FORMAT = "zoo-checkpoint-v1"
@@ -49,6 +50,7 @@ class CheckpointError(ZooError):
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 1
+    steps: int | None = None  # a step budget: the Trainer runs ceil(steps / steps per epoch) epochs, then stops
     max_steps: int | None = None  # stop after this many optimiser steps in total (None: all epochs)
     batch_size: int = 128
     lr: float = 1e-3
@@ -69,6 +71,36 @@ class TrainConfig:
     ckpt_every: int = 0  # steps between checkpoints (0: at each epoch end only)
     progress: bool | None = None  # None: a bar only when stderr is a TTY
 
+    def __post_init__(self):
+        check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
+        check(self.steps is None or self.steps >= 1, f"train.steps must be None or >= 1, got {self.steps}")
+        check(self.max_steps is None or self.max_steps >= 1, f"train.max_steps must be None or >= 1, got {self.max_steps}")
+        check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
+        finite_positive(self.lr, "train.lr")
+        check(self.optimizer in OPTIMIZERS, f"unknown train.optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+              f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        check(self.lr_schedule in LR_SCHEDULES,
+              f"unknown train.lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
+        check(self.step_size >= 1, f"train.step_size must be >= 1, got {self.step_size}")
+        finite_positive(self.gamma, "train.gamma")
+        check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        check(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0),
+              f"train.grad_clip must be None or a finite number > 0, got {self.grad_clip}")
+        check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
+        check(self.val_every >= 0, f"train.val_every must be >= 0, got {self.val_every}")
+        check(self.ckpt_every >= 0, f"train.ckpt_every must be >= 0, got {self.ckpt_every}")
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """Epochs to run: `epochs`, or with a step budget as many as the budget needs."""
+        return self.epochs if self.steps is None else math.ceil(self.steps / steps_per_epoch)
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimiser steps to run: the budget (or all epochs), capped by max_steps."""
+        total = self.epochs_for(steps_per_epoch) * steps_per_epoch if self.steps is None else self.steps
+        return total if self.max_steps is None else min(total, self.max_steps)
+
 
 # Fused kernels on CUDA (one launch for all parameters); on the CPU torch's default (foreach).
 OPTIMIZERS: dict[str, Callable] = {
@@ -77,6 +109,9 @@ OPTIMIZERS: dict[str, Callable] = {
     "sgd": lambda groups, c, fused: torch.optim.SGD(groups, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay,
                                                     fused=fused),
 }
+
+
+LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
@@ -92,8 +127,6 @@ def lr_factor(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> Calla
         return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
     schedules = {"constant": constant, "step": step_lr, "cosine": cosine}
-    if cfg.lr_schedule not in schedules:
-        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose from {', '.join(schedules)}")
     base = schedules[cfg.lr_schedule]
     if cfg.warmup_steps <= 0:
         return base
@@ -179,15 +212,11 @@ class Trainer:
         self.val_data = tuple(val_data) if val_data is not None else None
         n = len(self.train_data[0]) // self.world
         self.steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.total_steps = cfg.total_steps(self.steps_per_epoch)
         groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else model.parameters()
-        if cfg.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
         self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, True if self.device.type == "cuda" else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.epochs * self.steps_per_epoch))
+            self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.epochs_for(self.steps_per_epoch) * self.steps_per_epoch))
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.step = 0  # optimiser steps taken
         self.wrapped = _LossModule(self.model)

@@ -34,7 +34,7 @@ from zoo.common.nets import MLP, UNet, UNetConfig
 from zoo.common.ode_likelihood import BIN_WIDTH_8BIT
 from zoo.common.utils import append_dims, module_device, randn
 from zoo.continuous_time import ve
-from zoo.formulations import DATASETS
+from zoo.common.data import DATASETS, is_image
 
 PARAMETERISATIONS = ("f", "x0")
 TARGETS = ("sampled", "analytic")
@@ -43,7 +43,7 @@ WEIGHTINGS = ("f", "x0")
 
 @dataclass(frozen=True)
 class Config:
-    data: str = "spiral"  # one of zoo.formulations.DATASETS ("mnist-grey" or a 2-D toy)
+    data: str = "spiral"  # one of zoo.common.data.DATASETS ("mnist-grey" or a 2-D toy)
     sigma_q: float = 4.0  # terminal noise scale: x_1 ~ N(0, sigma_q^2)
     dt: float = 0.01  # step of the training target (and default sampling step), 1/dt whole
     parameterisation: str = "x0"  # f | x0
@@ -63,6 +63,8 @@ def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
 class VEDiffusion(nn.Module):
     """A network plus the VE process: ``loss(batch)``, ``f``, ``x0_hat`` and ``sample(n)``."""
 
+    NETWORK = "net"  # the submodule whose calls are network evaluations (NFE)
+
     def __init__(self, cfg: Config):
         super().__init__()
         _check("dataset", cfg.data, tuple(DATASETS))
@@ -71,7 +73,7 @@ class VEDiffusion(nn.Module):
         _check("weighting", cfg.weighting, WEIGHTINGS)
         ve.num_steps(cfg.dt)
         self.cfg = cfg
-        if DATASETS[cfg.data][0] == "mnist":
+        if is_image(cfg.data):
             self.shape = (1, 28, 28)
             self.net = UNet(UNetConfig(channels=tuple(cfg.channels), embed_dim=cfg.embed_dim))
         else:
@@ -132,7 +134,8 @@ class VEDiffusion(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None, rule="lambda", dt: float | None = None,
                x_1: torch.Tensor | None = None, callback=None, x_T: torch.Tensor | None = None) -> torch.Tensor:
         """n samples with `ve.sample` (``rule`` "lambda", "stochastic" or a fixed lambda) from
-        x_1 ~ N(0, sigma_q^2) (or the given ``x_1``), at step ``dt`` (default: the training dt)."""
+        x_1 ~ N(0, sigma_q^2) (or the given starting noise ``x_T``, alias ``x_1``), at step ``dt``
+        (default: the training dt)."""
         dt = self.cfg.dt if dt is None else dt
         device = module_device(self)
         x_1 = x_T if x_1 is None else x_1  # x_T: the name every formulation's sample() takes

@@ -34,9 +34,9 @@ from torch import nn
 
 from zoo import ZooError
 from zoo.common.nets import build_net
+from zoo.common.data import DATASETS, example_shape
 from zoo.common.ode_likelihood import SOLVERS, ODELikelihoodError
 from zoo.common.utils import append_dims, module_device, randn, to_device
-from zoo.formulations import DATASETS
 from zoo.gaussian import losses as L
 from zoo.gaussian import ode_likelihood as ode
 from zoo.gaussian.learned_variance import ImportanceSampler, LearnedLogVariance
@@ -127,7 +127,7 @@ def decoder_for(data: str) -> str:
 
 def data_shape(data: str) -> tuple[int, ...]:
     """Shape of one example of a dataset's view."""
-    return (2,) if DATASETS[data][0] == "toy" else (1, 28, 28)
+    return example_shape(data)
 
 
 def _schedule_kw(cfg: Config) -> dict:
@@ -136,6 +136,9 @@ def _schedule_kw(cfg: Config) -> dict:
 
 class GaussianDiffusion(nn.Module):
     """A network plus the VP process: loss, sample, nll and param_groups for the shared Trainer."""
+
+    NETWORK = "net"  # the submodule whose calls are network evaluations (NFE)
+    NLL_IS_ELBO = True  # nll(batch) is elbo_terms(batch)["total"]
 
     def __init__(self, cfg: Config):
         super().__init__()

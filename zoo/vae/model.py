@@ -41,6 +41,7 @@ class Config:
     channels: tuple[int, ...] = (32, 64)
     gaussian_sigma: float | None = None  # gaussian likelihood: None learns one sigma
     iwae_k: int = 5000  # importance samples of nll()
+    elbo_samples: int = 1  # draws of z averaged in elbo_terms()
     eval_batch: int = 16384  # decoder inputs per call in the IWAE estimate
 
 
@@ -108,6 +109,8 @@ LIKELIHOODS = {"bernoulli": lambda cfg: Bernoulli(), "gaussian": lambda cfg: Gau
 class VAE(nn.Module):
     """Gaussian encoder, Bernoulli or Gaussian decoder, standard normal prior."""
 
+    NETWORK = "decoder"  # the submodule whose calls are network evaluations (NFE)
+
     def __init__(self, cfg: Config = Config()):
         super().__init__()
         if cfg.likelihood not in LIKELIHOODS:
@@ -121,15 +124,10 @@ class VAE(nn.Module):
         self.encoder = VAEEncoder(**kw)
         self.decoder = VAEDecoder(**kw)
 
-    @property
-    def nfe(self) -> int:
-        """Network (decoder) evaluations per sample."""
-        return 1
-
     def _prior_z(self, shape, generator, device) -> torch.Tensor:
         return randn(shape, generator, device)
 
-    def elbo_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def one_draw_terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """One reparameterised z ~ q(z | x): recon = -log p(x | z), kl, neg_elbo = recon + kl (B,) nats."""
         x = x.to(module_device(self))
         mu, logvar = self.encoder(x)  # (B, L) each
@@ -140,14 +138,23 @@ class VAE(nn.Module):
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """-ELBO (SPEC 4), mean over the batch; logs its two parts."""
-        terms = self.elbo_terms(batch[0])
+        terms = self.one_draw_terms(batch[0])
         return {"loss": terms["neg_elbo"].mean(), "recon": terms["recon"].detach().mean(),
-                "kl": terms["kl"].detach().mean()}
+                "kl": terms["kl"].detach().mean(), "elbo_est": terms["neg_elbo"].detach().mean()}
 
     @torch.no_grad()
     def neg_elbo(self, x: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         """-ELBO per example (B,), the reconstruction term averaged over `samples` draws of z."""
-        return torch.stack([self.elbo_terms(x, generator)["neg_elbo"] for _ in range(samples)]).mean(0)
+        return torch.stack([self.one_draw_terms(x, generator)["neg_elbo"] for _ in range(samples)]).mean(0)
+
+    @torch.no_grad()
+    def elbo_terms(self, batch: tuple[torch.Tensor, ...],
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """-ELBO and its parts per example (B,) in nats, averaged over cfg.elbo_samples draws of z:
+        recon = -E log p(x | z), kl = KL(q(z | x) || N(0, I)), total = recon + kl."""
+        draws = [self.one_draw_terms(batch[0], generator) for _ in range(self.cfg.elbo_samples)]
+        recon = torch.stack([d["recon"] for d in draws]).mean(0)
+        return {"recon": recon, "kl": draws[0]["kl"], "total": recon + draws[0]["kl"]}
 
     @torch.no_grad()
     def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,

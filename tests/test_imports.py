@@ -1,0 +1,50 @@
+"""Dependencies point inward (STYLE 11): experiments -> zoo formulations -> zoo/common.
+
+Parsed with `ast`, so a lazy import inside a function counts too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _modules(sub: str = ""):
+    return sorted((ZOO / sub).rglob("*.py"))
+
+
+def test_only_the_cli_imports_experiments():
+    offenders = [str(p.relative_to(ZOO.parent)) for p in _modules() if p.name != "cli.py" or p.parent != ZOO
+                 if any(n == "experiments" or n.startswith("experiments.") for n in _imports(p))]
+    assert offenders == []
+
+
+def test_common_imports_nothing_above_it():
+    for path in _modules("common"):
+        above = {n for n in _imports(path) if n.startswith("zoo.") and not n.startswith("zoo.common")}
+        assert above == set(), path
+
+
+def test_formulations_import_only_common_and_their_own_package():
+    for pkg in ("gaussian", "binary", "continuous_time", "vae"):
+        for path in _modules(pkg):
+            other = {n for n in _imports(path) if n.startswith("zoo.")
+                     and not n.startswith(("zoo.common", f"zoo.{pkg}"))}
+            assert other == set(), path
+
+
+def test_the_parser_sees_lazy_imports(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def g():\n    from experiments.registry import REGISTRY\n")
+    assert "experiments.registry" in _imports(f)

@@ -1,0 +1,189 @@
+"""One evaluation path for every formulation: likelihood, sample quality, NFE and seconds.
+
+- ``likelihood``: ``model.nll(batch)`` in nats per example over test data (bits/dim for images),
+  and ``model.elbo_terms(batch)`` where the formulation defines it;
+- ``draw``: chunked, timed sampling through ``model.sample(n, x_T=..., generator=..., **kw)``,
+  with the number of network evaluations per sample counted by ``NFECounter``, a forward hook on
+  the formulation's network (``model.NETWORK``) that counts the rows it processes, so a guided
+  step (conditional and null evaluation as one batch of 2N) counts 2;
+- ``quality``: ``zoo.common.metrics.sample_metrics`` (FIDs) and agreement for images, the sliced
+  Wasserstein distance to held-out points for 2-D data;
+- ``real_floor``: what real training images score on the same metrics (``metrics.floor_and_ceiling``);
+- ``evaluate``: all of it under one ``EvalConfig``, used by ``zoo eval`` and the experiments.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo.common.config import check
+from zoo.common.data import is_binary, is_image, load_dataset, to_unit
+from zoo.common.metrics import agreement, floor_and_ceiling, nats_to_bpd, sample_metrics, sliced_wasserstein
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_samples: int = 1000  # generated samples for FID / sliced Wasserstein and the sampling time
+    sample_chunk: int = 500  # samples per model.sample call
+    fid: bool = True  # sample-quality metrics on the samples
+    n_ref: int = 1000  # reference test images of the pixel FID
+    n_test: int | None = 1000  # test examples for the likelihood (None: the whole test set, 0: none)
+    nll_chunk: int = 250  # test examples per nll call
+    elbo_terms: bool = False  # also the ELBO and its parts, where the formulation defines them
+
+    def __post_init__(self):
+        check(self.n_samples >= 1, f"eval.n_samples must be >= 1, got {self.n_samples}")
+        check(self.sample_chunk >= 1, f"eval.sample_chunk must be >= 1, got {self.sample_chunk}")
+        check(self.n_ref >= 2, f"eval.n_ref must be >= 2, got {self.n_ref}")
+        check(self.n_test is None or self.n_test >= 0, f"eval.n_test must be None or >= 0, got {self.n_test}")
+        check(self.nll_chunk >= 1, f"eval.nll_chunk must be >= 1, got {self.nll_chunk}")
+
+
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class NFECounter:
+    """Counts the rows a formulation's network processes (a forward hook): NFE per sample = rows / n."""
+
+    def __init__(self, model: nn.Module):
+        self.net = getattr(model, getattr(model, "NETWORK", "net"))
+        self.rows = 0
+
+    def _hook(self, module, inputs, output) -> None:
+        self.rows += inputs[0].shape[0]
+
+    def __enter__(self) -> "NFECounter":
+        self.handle = self.net.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.handle.remove()
+        return False
+
+    def per_sample(self, n: int) -> float:
+        nfe = self.rows / n
+        return int(nfe) if nfe == int(nfe) else nfe
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Samples:
+    """Samples in the data view (on the CPU), network evaluations per sample and wall seconds."""
+
+    x: torch.Tensor
+    nfe: float
+    seconds: float
+
+    @property
+    def seconds_per_1000(self) -> float:
+        return self.seconds * 1000 / len(self.x)
+
+
+@torch.no_grad()
+def draw(model: nn.Module, n: int, chunk: int = 500, generator: torch.Generator | None = None,
+         x_T: torch.Tensor | None = None, **kw) -> Samples:
+    """n samples through ``model.sample``, `chunk` at a time (slices of `x_T` where given), timed and counted."""
+    device, outs = device_of(model), []
+    with NFECounter(model) as counter:
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(0, n, chunk):
+            m = min(chunk, n - i)
+            start = None if x_T is None else x_T[i:i + m]
+            chunk_kw = {k: (v[i:i + m] if torch.is_tensor(v) and v.shape[:1] == (n,) else v) for k, v in kw.items()}
+            outs.append(model.sample(m, x_T=start, generator=generator, **chunk_kw).cpu())
+        _sync(device)
+        seconds = time.perf_counter() - t0
+    return Samples(torch.cat(outs), counter.per_sample(n), seconds)
+
+
+def quality(x: torch.Tensor, dataset: str, n_ref: int = 1000, labels: torch.Tensor | None = None,
+            reference: torch.Tensor | None = None) -> dict[str, float]:
+    """Sample quality of x (data view): FIDs (+ agreement with `labels`) for images, else the sliced
+    Wasserstein distance to `reference` points (default: the dataset's test split)."""
+    if not is_image(dataset):
+        ref = reference if reference is not None else load_dataset(dataset, "test")[0]
+        return {"sliced_wasserstein": sliced_wasserstein(x, ref)}
+    unit = to_unit(x, dataset)
+    out = sample_metrics(unit, binarised=is_binary(dataset), n_ref=n_ref)
+    if labels is not None:
+        out["agreement"] = agreement(unit, labels)
+    return out
+
+
+def mean_se(x: torch.Tensor) -> tuple[float, float]:
+    """Mean and its standard error over examples."""
+    x = x.double()
+    return x.mean().item(), (x.std().item() / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+@torch.no_grad()
+def likelihood(model: nn.Module, test: tuple[torch.Tensor, ...], chunk: int = 250,
+               generator: torch.Generator | None = None,
+               terms: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(summary, per-example tensors) of ``nll`` (nats, and bits/dim for images) over `test`, and with
+    `terms` the -ELBO (``elbo_terms``: its total and the mean of every part) where defined."""
+    device = device_of(model)
+    batches = [tuple(d[i:i + chunk].to(device) for d in test) for i in range(0, len(test[0]), chunk)]
+    per: dict[str, torch.Tensor] = {}
+    summary: dict[str, Any] = {"n_test": len(test[0])}
+    if terms and hasattr(model, "elbo_terms"):
+        parts = [model.elbo_terms(b, generator=generator) for b in batches]
+        for key in parts[0]:
+            per[f"elbo_{key}"] = torch.cat([p[key].cpu() for p in parts])
+            summary[f"elbo_{key}"] = per[f"elbo_{key}"].double().mean(0).tolist()
+        summary["elbo_nats"], summary["elbo_se"] = mean_se(per["elbo_total"])
+    if "elbo_total" in per and getattr(model, "NLL_IS_ELBO", False):
+        per["nll"] = per["elbo_total"]
+    else:
+        per["nll"] = torch.cat([model.nll(b, generator=generator).cpu() for b in batches])
+    summary["nll_nats"], summary["nll_se"] = mean_se(per["nll"])
+    if test[0].ndim == 4:  # images: bits per dimension too
+        dims = test[0][0].numel()
+        summary["bits_per_dim"], summary["bits_per_dim_se"] = mean_se(nats_to_bpd(per["nll"], dims))
+    return summary, per
+
+
+def real_floor(dataset: str, n: int, n_ref: int = 1000, ceiling: bool = False, seed: int = 0) -> dict[str, Any]:
+    """What n real training images score (classifier / pixel FID, total variation): the floor a
+    model can reach at the same sample count; with `ceiling`, uniform noise's scores too."""
+    res = floor_and_ceiling(n, binarised=is_binary(dataset), seed=seed, n_ref=n_ref, ceiling=ceiling)
+    out = {k[len("train_"):]: v for k, v in res.items() if k.startswith("train_")}
+    if ceiling:
+        out["ceiling"] = {k[len("noise_"):]: v for k, v in res.items() if k.startswith("noise_")}
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: str, cfg: EvalConfig = EvalConfig(), seed: int = 0,
+             sample_kw: dict[str, Any] | None = None, num_classes: int = 0) -> dict[str, Any]:
+    """Likelihood on test data (where the model defines nll), sample quality, NFE and seconds."""
+    device = device_of(model)
+    result: dict[str, Any] = {}
+    if hasattr(model, "nll") and cfg.n_test != 0:
+        test = load_dataset(dataset, "test", limit=cfg.n_test, seed=seed)
+        torch.manual_seed(seed)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        summary, _ = likelihood(model, test, cfg.nll_chunk, gen, terms=cfg.elbo_terms)
+        result.update(summary)
+    kw = dict(sample_kw or {})
+    labels = None
+    if num_classes:  # a class-conditional model: ask for every class in turn and check agreement
+        labels = kw.setdefault("labels", torch.arange(cfg.n_samples) % num_classes)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    samples = draw(model, cfg.n_samples, cfg.sample_chunk, gen, **kw)
+    result.update(nfe=samples.nfe, sample_seconds_per_1000=samples.seconds_per_1000)
+    if cfg.fid:
+        result.update(quality(samples.x, dataset, cfg.n_ref, labels=None if labels is None else labels.cpu()))
+    return result
