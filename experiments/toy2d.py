@@ -28,6 +28,7 @@ class Toy2dConfig:
     model: Config = Config(data="swiss-roll", arch="mlp", hidden=128, layers=3, mlp_time="concat",
                            schedule="linear", T=100, beta_1=1e-3, beta_T=0.2, param="eps", loss="simple",
                            sampler="ddpm", variance="beta_tilde")
+    # EMA off: the seed trains and samples the raw MLP (cosine LR decays to 0, which averages in effect).
     train: TrainConfig = TrainConfig(epochs=100, batch_size=256, lr=3e-3, lr_schedule="cosine", log_every=100)
     n_train: int = 8000
     n_test: int = 2000
