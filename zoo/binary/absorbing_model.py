@@ -73,6 +73,7 @@ class AbsorbingDiffusion(nn.Module):
     """Masked diffusion on {-1, +1} images with an x0-predicting U-Net."""
 
     NETWORK = "net"  # the submodule whose calls are network evaluations (NFE)
+    NLL_IS_ELBO = True  # nll() is elbo_terms()["total"]: zoo.evaluation computes it once
 
     def __init__(self, cfg: Config = Config()):
         super().__init__()

@@ -340,6 +340,8 @@ class GaussianDiffusion(nn.Module):
         self.eval()
         x0 = SAMPLERS[sampler](denoiser, self.process, x_T, callback=callback, **kw)
         self.train(was_training)
+        if self.decoder == "binary":  # binarised data: the decoder's two levels, split at its bin edge 0
+            return torch.where(x0 > 0, 1.0, -1.0).to(x0.dtype)
         return x0.clamp(-1, 1) if self.discrete else x0
 
     @torch.no_grad()
