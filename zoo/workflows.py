@@ -92,7 +92,7 @@ def load_model(ckpt_path: str | Path, device: str = "cpu", ema: bool = True):
     ckpt = load_checkpoint(ckpt_path, map_location=dev)
     try:
         name, cfg, model = rebuild(ckpt["meta"])
-    except ValueError as e:  # a foreign or stale config (UsageError, ConfigError): the file's fault
+    except (UsageError, ValueError) as e:  # a foreign or stale config: the file's fault, not the command's
         raise CheckpointError(f"{ckpt_path} holds a config this zoo cannot build ({e})") from None
     weights = ckpt["ema"] if ema and isinstance(ckpt.get("ema"), dict) else ckpt["model"]
     try:

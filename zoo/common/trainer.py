@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import errno
 import fcntl
+import io
 import json
 import math
 import os
@@ -414,10 +415,12 @@ class Trainer:
         if not self.is_main:
             return None
         state = self.state_dict(rng_states)
+        buffer = io.BytesIO()  # serialised in memory first: a failed write is then the OS's own error
+        torch.save(state, buffer)
         try:
-            atomic_write_bytes(path, lambda f: torch.save(state, f))
-        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
-            full = getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+            atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
+        except OSError as e:
+            full = e.errno == errno.ENOSPC
             why = "no space left on the device" if full else (str(e).strip().splitlines() or [type(e).__name__])[0]
             kept = "; the previous checkpoint is kept" if path.exists() else ""
             raise CheckpointError(f"could not write checkpoint {path} ({why}){kept}") from None
