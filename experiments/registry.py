@@ -123,8 +123,13 @@ def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None 
     if config is not None:
         cfg = config_from_dict(cfg, config)
     cfg = _bind_run(apply_overrides(cfg, overrides), device, seed)
+    if out_dir is not None and not str(out_dir).strip():
+        raise UsageError("--out '' is empty; give a directory, e.g. --out runs/mine")
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # only after the config validated: nothing is written for a bad command
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     log = out / "log.jsonl"
     if log.exists():
         log.unlink()  # a fresh run owns its log

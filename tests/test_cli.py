@@ -28,7 +28,7 @@ def _run(capsys, *args):
     (["run", "schedules", "--set", "T"], 2, "expected key=value"),
     (["run", "schedules", "--seed", "-3"], 2, "--seed"),
     (["no-such-command"], 2, "No such command"),
-    (["train", "no-such-formulation"], 1, "unknown formulation"),
+    (["train", "no-such-formulation"], 2, "unknown formulation"),
     (["sample", "/does/not/exist.ckpt"], 1, "does not exist"),
 ])
 def test_bad_input_is_one_line_with_exit_code(capsys, tmp_path, args, code, pattern):

@@ -1,8 +1,9 @@
 """The `zoo` command line (click lives only here).
 
 Errors are one line on stderr: exit code 2 for usage errors (unknown name, bad option or
-``--set`` key, a GPU asked for without one), 1 for runtime failures (no data, bad checkpoint,
-a diverged run). ``zoo --debug ...`` shows the traceback instead.
+``--set`` key or value, a GPU asked for without one), 1 for runtime failures (no data, bad
+checkpoint, a diverged run, a busy run directory, a full disk), 130 when interrupted (Ctrl-C).
+``zoo --debug ...`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def train_cmd(formulation, sets, trains, out_dir, device, seed, limit, resume) -
 
 @cli.command("sample")
 @click.argument("ckpt", type=click.Path(dir_okay=False))
-@click.option("-n", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Number of samples.")
+@click.option("-n", "n", type=click.IntRange(min=1, max=100_000), default=64, show_default=True, help="Number of samples.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="PNG to write (default: beside CKPT).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -192,7 +193,7 @@ def sample_cmd(ckpt, n, out, device, seed, kws) -> None:
 
 @cli.command("eval")
 @click.argument("ckpt", type=click.Path(dir_okay=False))
-@click.option("--n-samples", type=click.IntRange(min=10), default=1000, show_default=True)
+@click.option("--n-samples", type=click.IntRange(min=10, max=100_000), default=1000, show_default=True)
 @click.option("--n-test", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -205,7 +206,11 @@ def eval_cmd(ckpt, n_samples, n_test, device, seed, kws, out) -> None:
     from zoo.common.utils import write_json
     from zoo.workflows import evaluate, parse_kwargs
 
+    from zoo.common.config import UsageError
+
     _check_device(device)
+    if out is not None and not out.strip():
+        raise UsageError("--out '' is empty; give a JSON path, e.g. --out metrics.json")
     res = evaluate(ckpt, n_samples, n_test, device, seed, parse_kwargs(kws))
     if out:
         write_json(out, res)
@@ -275,36 +280,51 @@ def eval_data(n: tuple[int, ...], seed: int) -> None:
                            f"{res[f'{name}_pixel_fid']:>11.3f}")
 
 
+def _fail(message: str, code: int) -> None:
+    click.echo(f"zoo: {message}", err=True)
+    sys.exit(code)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: one-line errors, exit 2 for usage and 1 for runtime failures."""
+    """Entry point: every anticipated error is one line on stderr, no traceback (``zoo --debug`` shows it).
+
+    Exit codes: 2 usage (bad name, option, value, config), 1 runtime (no data, bad checkpoint,
+    diverged run, busy run directory, full disk, other OS errors), 130 interrupted (Ctrl-C).
+    """
     from zoo.common.config import UsageError
 
+    _Debug.enabled = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         cli.main(args=argv, prog_name="zoo", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("zoo: aborted", err=True)
-        sys.exit(1)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        if _Debug.enabled:
+            raise
+        _fail("interrupted", 130)
     except (click.UsageError, UsageError) as e:
         if _Debug.enabled:
             raise
         msg = e.format_message() if isinstance(e, click.UsageError) else str(e)
-        click.echo(f"zoo: error: {msg} (see zoo --help)", err=True)
-        sys.exit(2)
+        _fail(f"error: {_one_line(msg)} (see zoo --help)", 2)
     except click.ClickException as e:
         if _Debug.enabled:
             raise
-        click.echo(f"zoo: error: {e.format_message()}", err=True)
-        sys.exit(e.exit_code)
+        _fail(f"error: {_one_line(e.format_message())}", e.exit_code)
     except ZooError as e:
         if _Debug.enabled:
             raise
-        click.echo(f"zoo: error: {e}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("zoo: interrupted", err=True)
-        sys.exit(130)
+        _fail(f"error: {_one_line(e)}", 1)
+    except OSError as e:  # a full disk, a read-only or vanished file: the OS's one line
+        if _Debug.enabled:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        _fail(f"error: {e.strerror or _one_line(e)}{where}", 1)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,19 @@ from zoo.formulations import meta as formulation_meta
 
 def train(model: nn.Module, data: tuple[torch.Tensor, ...], train_cfg: TrainConfig,
           out_dir: str | Path | None = None, tag: str = "train", meta: dict[str, Any] | None = None,
-          val: tuple[torch.Tensor, ...] | None = None, guarded: bool = False, resume: bool = False) -> Trainer:
+          val: tuple[torch.Tensor, ...] | None = None, guarded: bool = False, resume: bool = False,
+          resume_lr: bool = False) -> Trainer:
     """Train `model` into OUT_DIR/TAG.ckpt (log lines tagged TAG); returns the Trainer.
 
     `meta` is added to the formulation meta. With `guarded`, a loss turning NaN/inf ends this
     model's run, not the caller's: ``trainer.error`` holds the message (None when it finished).
-    `resume` continues from OUT_DIR/TAG.ckpt if it exists.
+    `resume` continues from OUT_DIR/TAG.ckpt if it exists; with `resume_lr` train_cfg.lr replaces
+    the checkpoint's learning rate (Trainer.resume's `new_lr`).
     """
     trainer = Trainer(model, data, train_cfg, out_dir=out_dir, val_data=val, tag=tag,
                       meta={**formulation_meta(model), **(meta or {})})
     if resume and trainer.ckpt_path is not None and trainer.ckpt_path.exists():
-        trainer.resume()
+        trainer.resume(new_lr=resume_lr)
     trainer.error = None
     try:
         trainer.fit()

@@ -25,6 +25,7 @@ from torch import nn
 from zoo.binary import absorbing
 from zoo.binary.guidance import logits_for, training_labels
 from zoo.binary.schedules import MASK_SCHEDULES, ConfigError, make_alphas, mask_schedule
+from zoo.common import config as C
 from zoo.common.nets import UNet, UNetConfig
 from zoo.common.utils import module_device, to_device
 
@@ -49,6 +50,9 @@ class Config:
     label_dropout: float = 0.1  # probability of training on the null class
     eval_batch: int = 2048  # network inputs per call when evaluating the all-t ELBO
 
+    def __post_init__(self):
+        validate(self)
+
 
 LOSSES = ("continuous", "discrete")
 TIME_SAMPLERS = {"stratified": absorbing.stratified_times, "uniform": absorbing.uniform_times}
@@ -67,6 +71,18 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.label_dropout <= 1 or cfg.num_classes < 0:
         raise ConfigError(f"need label_dropout in [0, 1] and num_classes >= 0, got {cfg.label_dropout}, "
                           f"{cfg.num_classes}")
+    try:
+        C.at_least(cfg.T, "T", 1)
+        C.at_least(cfg.steps, "steps", 1, optional=True)
+        C.in_range(cfg.power, "power", 0, None, lo_open=True)
+        C.widths(cfg.channels, "channels")
+        for name in ("blocks_per_level", "embed_dim", "groups", "eval_batch"):
+            C.at_least(getattr(cfg, name), name, 1)
+        C.in_range(cfg.label_dropout, "label_dropout", 0, 1)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 class AbsorbingDiffusion(nn.Module):

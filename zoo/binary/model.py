@@ -28,6 +28,7 @@ from torch import nn
 from zoo.binary import bitflip
 from zoo.binary.guidance import logits_for, training_labels
 from zoo.binary.schedules import ConfigError, constant_for_kappa_T, make_deltas
+from zoo.common.config import at_least, in_range, one_of, widths
 from zoo.common.data import DATASETS, is_binary, is_image
 from zoo.common.nets import UNet, UNetConfig
 from zoo.common.utils import module_device, to_device
@@ -54,6 +55,33 @@ class Config:
     eval_batch: int = 2048  # network inputs per call when evaluating the all-t ELBO
     num_classes: int = 0  # > 0: class-conditional, null class = num_classes
     label_dropout: float = 0.1  # probability of training on the null class
+
+    def __post_init__(self):
+        validate(self)
+
+
+def validate(cfg: Config) -> None:
+    """Every variant name and range checked once (at construction), with the valid choices."""
+    try:
+        one_of(cfg.data, "data (bit-flip diffusion needs binary data)", BINARY_DATASETS)
+        one_of(cfg.schedule, "delta schedule", ("constant", "linear", "cosine"))
+        one_of(cfg.parameterisation, "parameterisation", ("posterior", "x0"))
+        at_least(cfg.T, "T", 1)
+        if cfg.delta is not None:
+            in_range(cfg.delta, "delta", 0, 0.5, lo_open=True)
+        in_range(cfg.kappa_T, "kappa_T", 0, 1, lo_open=True, hi_open=True)
+        in_range(cfg.delta_1, "delta_1", 0, 0.5, lo_open=True)
+        in_range(cfg.delta_T, "delta_T", 0, 0.5, lo_open=True)
+        in_range(cfg.s, "s", 0, None, lo_open=True)
+        widths(cfg.channels, "channels")
+        for name in ("blocks_per_level", "embed_dim", "groups", "eval_batch"):
+            at_least(getattr(cfg, name), name, 1)
+        at_least(cfg.num_classes, "num_classes", 0)
+        in_range(cfg.label_dropout, "label_dropout", 0, 1)
+    except ConfigError:
+        raise
+    except ValueError as e:  # zoo.common.config.ConfigError: one type for the binary formulations
+        raise ConfigError(str(e)) from None
 
 
 def _deltas(cfg: Config) -> torch.Tensor:

@@ -21,10 +21,10 @@ from typing import Callable
 
 import torch
 
-from zoo import ZooError
+from zoo.common import config
 
 
-class ConfigError(ZooError, ValueError):
+class ConfigError(config.ConfigError):
     """An unknown variant name or an out-of-range setting of a binary formulation (one line, with
     the valid choices)."""
 

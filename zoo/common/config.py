@@ -15,7 +15,7 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from zoo import ZooError
 
@@ -38,6 +38,44 @@ def finite_positive(value: float, name: str) -> None:
     """check that `value` is a finite number > 0."""
     check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
           f"{name} must be a finite number > 0, got {value}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def in_range(value: Any, name: str, lo: float | None = None, hi: float | None = None,
+             lo_open: bool = False, hi_open: bool = False) -> None:
+    """check that `value` is a finite number in the interval (lo, hi), each end open or closed, None: unbounded."""
+    ok = _number(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    left = "(-inf" if lo is None else ("(" if lo_open else "[") + f"{lo:g}"
+    right = "inf)" if hi is None else f"{hi:g}" + (")" if hi_open else "]")
+    check(ok, f"{name} must be a finite number in {left}, {right}, got {value}")
+
+
+def at_least(value: Any, name: str, lo: int = 1, optional: bool = False) -> None:
+    """check that `value` is an integer >= lo (or None when `optional`)."""
+    if optional and value is None:
+        return
+    check(isinstance(value, int) and not isinstance(value, bool) and value >= lo,
+          f"{name} must be an integer >= {lo}{' or None' if optional else ''}, got {value}")
+
+
+def one_of(value: Any, name: str, choices: Iterable[Any]) -> None:
+    """check that `value` is one of `choices`."""
+    choices = tuple(choices)
+    check(value in choices, f"unknown {name} {value!r}; choose from {', '.join(map(str, choices))}")
+
+
+def widths(value: Any, name: str = "channels") -> None:
+    """check a non-empty tuple of integer widths >= 1."""
+    check(isinstance(value, (tuple, list)) and len(value) >= 1
+          and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value),
+          f"{name} must be one or more integers >= 1 (e.g. {name}=32,64), got {value!r}")
 
 
 # --------------------------------------------------------------------------- untyped key=value
@@ -135,19 +173,27 @@ def _resolve(cfg: Any, key: str) -> list[str]:
     raise UsageError(f"--set {key}: no such option; valid: {', '.join(sorted(paths))}")
 
 
-def _set(cfg: Any, path: Sequence[str], text: str, key: str) -> Any:
-    head, rest = path[0], path[1:]
-    if not rest:
-        return dataclasses.replace(cfg, **{head: parse_value(text, _hints(cfg)[head], key)})
-    return dataclasses.replace(cfg, **{head: _set(getattr(cfg, head), rest, text, key)})
+def _rebuild(cfg: Any, changes: dict[str, Any]) -> Any:
+    """`cfg` with the nested `changes` applied, each dataclass built (and validated) once."""
+    fields = {k: _rebuild(getattr(cfg, k), v) if isinstance(v, dict) else v for k, v in changes.items()}
+    return dataclasses.replace(cfg, **fields)
 
 
 def apply_overrides(cfg: Any, pairs: Iterable[str]) -> Any:
-    """Return `cfg` with each ``key=value`` (dotted or unambiguous bare key) applied, typed by its field."""
+    """Return `cfg` with each ``key=value`` (dotted or unambiguous bare key) applied, typed by its field.
+
+    Every value is parsed first, then each config is rebuilt once, so its ``__post_init__`` checks
+    the combination (``zero_terminal_snr=true`` with ``param=v``), not each intermediate state.
+    """
+    changes: dict[str, Any] = {}
     for pair in pairs:
         key, value = split_pair(pair)
-        cfg = _set(cfg, _resolve(cfg, key), value, key)
-    return cfg
+        path = _resolve(cfg, key)
+        node, owner = changes, cfg
+        for name in path[:-1]:
+            node, owner = node.setdefault(name, {}), getattr(owner, name)
+        node[path[-1]] = parse_value(value, _hints(owner)[path[-1]], key)
+    return _rebuild(cfg, changes) if changes else cfg
 
 
 def _from_json(value: Any) -> Any:

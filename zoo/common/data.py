@@ -128,7 +128,11 @@ def _store(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         if x.ndim != 2 or x.shape[1] != 784 or len(x) != len(y):
             raise DataError(f"MNIST split {name!r} has shape {x.shape} / {y.shape}, expected (n, 784) / (n,)")
     arrays = {f"{k}_{a}": v for k, (x, y) in splits.items() for a, v in (("x", x), ("y", y))}
-    atomic_write_bytes(mnist_path(), lambda f: np.savez(f, **arrays))
+    try:
+        atomic_write_bytes(mnist_path(), lambda f: np.savez(f, **arrays))
+    except OSError as e:
+        raise DataError(f"cannot write the MNIST cache {mnist_path()} ({e.strerror or e}); make "
+                        f"{cache_dir()} writable or point $ZOO_DATA at a writable folder") from None
 
 
 def import_idx(directory: str | Path) -> Path:
@@ -192,8 +196,27 @@ def load_uint8(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
             x = np.concatenate([z[f"{p}_x"] for p in parts])
             y = np.concatenate([z[f"{p}_y"] for p in parts])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"the MNIST cache {path} is unreadable ({e}); run `zoo data fetch --force`") from None
+        first = " ".join(str(e).split())[:160]
+        raise DataError(f"the MNIST cache {path} is unreadable ({first}); run `zoo data fetch --force`") from None
+    check_arrays(x, y, split, path)
     return x, y
+
+
+def check_arrays(x: np.ndarray, y: np.ndarray, split: str, path: Path) -> None:
+    """DataError unless `x` is uint8 (n, 784), `y` integer labels 0..9 of the same n >= 1."""
+    problem = None
+    if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 784:
+        problem = f"images are {x.dtype} {x.shape}, expected uint8 (n, 784)"
+    elif not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        problem = f"labels are {y.dtype} {y.shape}, expected integers (n,)"
+    elif len(x) != len(y):
+        problem = f"{len(x)} images but {len(y)} labels"
+    elif len(x) == 0:
+        problem = "no images"
+    elif y.min() < 0 or y.max() > 9:
+        problem = f"labels range over {y.min()}..{y.max()}, expected 0..9"
+    if problem:
+        raise DataError(f"the MNIST cache {path} is malformed ({split}: {problem}); run `zoo data fetch --force`")
 
 
 def to_view(x8: torch.Tensor, view: str, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -18,6 +18,9 @@ runs with DistributedDataParallel, each rank taking every world-th example of th
 from __future__ import annotations
 
 import copy
+import errno
+import fcntl
+import io
 import json
 import math
 import os
@@ -37,6 +40,9 @@ from zoo.common.config import check, finite_positive
 from zoo.common.utils import atomic_write_bytes, resolve_device, rng_state, seed_everything, set_rng_state
 
 CHECKPOINT_FORMAT = "zoo-checkpoint-v1"
+# Keys every checkpoint holds (load_checkpoint), and those resume needs on top.
+CHECKPOINT_KEYS = ("model_class", "meta", "model")
+RESUME_KEYS = ("optimizer", "scheduler", "step", "rng")
 
 
 class NonFiniteLoss(ZooError):
@@ -268,7 +274,7 @@ class Trainer:
         advice = "lower the learning rate" + (" or enable grad_clip" if self.cfg.grad_clip is None else
                                               f" or grad_clip (now {self.cfg.grad_clip:g})")
         raise NonFiniteLoss(f"loss became NaN or infinite at step {first} of {self.tag}{where}; {advice}, "
-                            f"then resume")
+                            f"then resume (e.g. --resume --train lr={self.cfg.lr / 10:g})")
 
     def _autocast(self):
         enabled = self.cfg.amp and self.device.type == "cuda"
@@ -409,15 +415,32 @@ class Trainer:
         if not self.is_main:
             return None
         state = self.state_dict(rng_states)
-        atomic_write_bytes(path, lambda f: torch.save(state, f))
+        buffer = io.BytesIO()  # serialised in memory first: a failed write is then the OS's own error
+        torch.save(state, buffer)
+        try:
+            atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
+        except OSError as e:
+            full = e.errno == errno.ENOSPC
+            why = "no space left on the device" if full else (str(e).strip().splitlines() or [type(e).__name__])[0]
+            kept = "; the previous checkpoint is kept" if path.exists() else ""
+            raise CheckpointError(f"could not write checkpoint {path} ({why}){kept}") from None
         return path
 
-    def resume(self, path: str | Path | None = None) -> "Trainer":
-        """Restore model, EMA, optimiser, scheduler, step and every RNG state from a checkpoint."""
+    def resume(self, path: str | Path | None = None, new_lr: bool = False) -> "Trainer":
+        """Restore model, EMA, optimiser, scheduler, step and every RNG state from a checkpoint.
+
+        The checkpoint must hold the same formulation and model config as this trainer's meta
+        (CheckpointError naming the fields that differ). With `new_lr` (the command set train.lr
+        on purpose, e.g. to rescue a diverged run) this config's learning rate replaces the saved
+        one: every param group's base lr and the scheduler's base_lrs, logged as a "resume" line.
+        Log lines of this tag after the checkpoint's step are dropped from log.jsonl.
+        """
         path = Path(path) if path is not None else self.ckpt_path
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path, map_location=self.device, required=RESUME_KEYS)
         if ckpt["model_class"] != type(self.model).__name__:
             raise CheckpointError(f"{path} holds a {ckpt['model_class']}, not a {type(self.model).__name__}")
+        check_same_model(path, ckpt.get("meta") or {}, self.meta)
+        fresh_lrs = [g.get("initial_lr", g["lr"]) for g in self.optimizer.param_groups]
         try:
             self.model.load_state_dict(ckpt["model"])
             if self.ema is not None and ckpt["ema"] is not None:
@@ -435,7 +458,36 @@ class Trainer:
             raise CheckpointError(f"{path} was written by {len(ranks)} process(es); resume it with as many, "
                                   f"not {self.world}")
         set_rng_state(ranks[self.rank])
+        saved_lr = float((ckpt.get("train_config") or {}).get("lr", self.cfg.lr))
+        if new_lr and saved_lr != self.cfg.lr:
+            self._set_base_lrs(fresh_lrs)
+        self._cut_log()
+        if new_lr and saved_lr != self.cfg.lr:
+            self._log({"kind": "resume", "step": self.step, "lr_from": saved_lr, "lr_to": self.cfg.lr})
         return self
+
+    def _set_base_lrs(self, base_lrs: list[float]) -> None:
+        """Base lrs of every param group (and the scheduler) set to `base_lrs`, the current lr rescaled."""
+        self.scheduler.base_lrs = list(base_lrs)
+        for group, base, factor in zip(self.optimizer.param_groups, base_lrs, self.scheduler.lr_lambdas):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _cut_log(self) -> None:
+        """Drop this tag's log.jsonl lines after the resumed step (they will be written again)."""
+        if self.out_dir is None or not self.is_main or not (self.out_dir / "log.jsonl").exists():
+            return
+        kept = []
+        for line in (self.out_dir / "log.jsonl").read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if not (isinstance(rec, dict) and rec.get("run") == self.tag and rec.get("step", 0) > self.step):
+                kept.append(line)
+        data = "".join(line + "\n" for line in kept).encode()
+        atomic_write_bytes(self.out_dir / "log.jsonl", lambda f: f.write(data))
 
 
 class _SwapWeights:
@@ -467,11 +519,17 @@ def _resident(data: tuple[torch.Tensor, ...], device: torch.device) -> tuple[tor
     return tuple(d.to(device) for d in data) if size < free / 4 else data
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a zoo checkpoint with ``weights_only=True``; anything else is a one-line CheckpointError."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Load a zoo checkpoint with ``weights_only=True``; anything else is a one-line CheckpointError.
+
+    The schema is checked before use: CHECKPOINT_KEYS and `required` must be present (the
+    message names the missing ones), ``model`` and ``meta`` must be dicts.
+    """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists() else
+                              f"checkpoint {path} is not a file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle with foreign globals, plain garbage ...
@@ -479,7 +537,91 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a readable zoo checkpoint (truncated or foreign: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a zoo checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    missing = [k for k in (*CHECKPOINT_KEYS, *required) if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)} (not written by this zoo, "
+                              f"or damaged)")
+    for key in ("model", "meta"):
+        if not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"{path} is damaged: {key!r} is a {type(ckpt[key]).__name__}, not a dict")
     return ckpt
+
+
+def _plain(value: Any) -> Any:
+    """Lists and tuples alike (config.json stores tuples as lists)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def check_same_model(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """CheckpointError unless checkpoint meta `saved` holds the formulation and model config of `current`."""
+    if "formulation" in saved and "formulation" in current and saved["formulation"] != current["formulation"]:
+        raise CheckpointError(f"{path} holds a {saved['formulation']!r} model, not {current['formulation']!r}; "
+                              f"use another --out or remove the checkpoint")
+    a, b = _plain(saved.get("config")), _plain(current.get("config"))
+    if isinstance(a, dict) and isinstance(b, dict) and a != b:
+        diff = [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
+                for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        raise CheckpointError(f"{path} was trained with another model config ({'; '.join(diff)}); "
+                              f"resume with the same --set values or use another --out")
+
+
+def remove_stale_temps(out_dir: str | Path) -> list[Path]:
+    """Delete the temp files (``.NAME.ckpt.*.tmp``) a killed checkpoint write left in `out_dir`.
+
+    Call it only while holding the RunLock: another writer's temp file is not stale.
+    """
+    stale = sorted(Path(out_dir).glob(".*.ckpt.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+class RunDirBusy(ZooError):
+    """Another process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on OUT/.lock for the life of a run (one writer per run directory).
+
+    The file holds the owner's pid; a second writer gets a one-line RunDirBusy naming it. The
+    kernel drops the lock when the process dies (SIGKILL included), so a stale file never blocks.
+    """
+
+    def __init__(self, out_dir: str | Path):
+        self.path = Path(out_dir) / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirBusy(f"{self.path.parent} is in use by another zoo process (pid {holder}); "
+                             f"wait for it or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
 
 
 def _init_distributed(device: torch.device) -> tuple[int, int]:

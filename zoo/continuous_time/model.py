@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zoo.common.config import ConfigError, at_least, in_range, one_of, widths
 from zoo.common.nets import MLP, UNet, UNetConfig
 from zoo.common.ode_likelihood import BIN_WIDTH_8BIT
 from zoo.common.utils import append_dims, module_device, randn
@@ -54,10 +55,29 @@ class Config:
     channels: tuple[int, ...] = (32, 64, 128)  # U-Net (MNIST) widths per level
     embed_dim: int = 64  # U-Net time embedding
 
+    def __post_init__(self):
+        validate(self)
+
 
 def _check(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+    one_of(value, name, choices)
+
+
+def validate(cfg: Config) -> None:
+    """Every variant name and range checked once (at construction), with the valid choices."""
+    _check("dataset", cfg.data, tuple(DATASETS))
+    _check("parameterisation", cfg.parameterisation, PARAMETERISATIONS)
+    _check("target", cfg.target, TARGETS)
+    _check("weighting", cfg.weighting, WEIGHTINGS)
+    in_range(cfg.sigma_q, "sigma_q", 0, None, lo_open=True)
+    in_range(cfg.dt, "dt", 0, 1, lo_open=True)
+    try:
+        ve.num_steps(cfg.dt)
+    except ValueError as e:
+        raise ConfigError(f"{e} (e.g. dt=0.01)") from None
+    for name in ("hidden", "layers", "embed_dim"):
+        at_least(getattr(cfg, name), name, 1)
+    widths(cfg.channels, "channels")
 
 
 class VEDiffusion(nn.Module):
@@ -67,11 +87,7 @@ class VEDiffusion(nn.Module):
 
     def __init__(self, cfg: Config):
         super().__init__()
-        _check("dataset", cfg.data, tuple(DATASETS))
-        _check("parameterisation", cfg.parameterisation, PARAMETERISATIONS)
-        _check("target", cfg.target, TARGETS)
-        _check("weighting", cfg.weighting, WEIGHTINGS)
-        ve.num_steps(cfg.dt)
+        validate(cfg)
         self.cfg = cfg
         if is_image(cfg.data):
             self.shape = (1, 28, 28)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from zoo import ZooError
+from zoo.common.config import ConfigError, at_least, in_range, widths
 from zoo.common.nets import build_net
 from zoo.common.data import DATASETS, example_shape
 from zoo.common.ode_likelihood import SOLVERS, ODELikelihoodError
@@ -84,6 +84,9 @@ class Config:
     vlb_weight: float = 0.001  # lambda of the hybrid loss L + lambda L_vlb (learn_variance)
     t_sampling: str = "uniform"  # uniform | importance (sqrt E[L_t^2], learn_variance only)
 
+    def __post_init__(self):
+        validate(self)
+
 
 _CHOICES = {"arch": ARCHS, "schedule": tuple(SCHEDULES), "param": PARAMS, "loss": tuple(L.LOSSES),
             "mm_target": L.MM_TARGETS, "mm_reduction": tuple(L.REDUCTIONS), "sampler": tuple(SAMPLERS),
@@ -94,7 +97,7 @@ _CHOICES = {"arch": ARCHS, "schedule": tuple(SCHEDULES), "param": PARAMS, "loss"
 ZERO_SNR_PARAMS, ZERO_SNR_LOSSES = ("x0", "v"), ("simple",)
 
 
-class GaussianConfigError(ZooError, ValueError):
+class GaussianConfigError(ConfigError):
     """An invalid Gaussian model configuration (the message lists the valid choices)."""
 
 
@@ -103,8 +106,10 @@ def validate(cfg: Config) -> None:
     for field, choices in _CHOICES.items():
         if getattr(cfg, field) not in choices:
             raise GaussianConfigError(f"unknown {field} {getattr(cfg, field)!r}; choose from {', '.join(choices)}")
-    if not 0 <= cfg.label_dropout <= 1:
-        raise GaussianConfigError(f"label_dropout must be in [0, 1], got {cfg.label_dropout}")
+    try:
+        _validate_ranges(cfg)
+    except ConfigError as e:
+        raise GaussianConfigError(str(e)) from None
     if cfg.zero_terminal_snr and cfg.param not in ZERO_SNR_PARAMS:
         raise GaussianConfigError(f"zero_terminal_snr makes eps undefined at t = T; param {cfg.param!r} cannot "
                                   f"predict x0 there: choose from {', '.join(ZERO_SNR_PARAMS)}")
@@ -115,8 +120,27 @@ def validate(cfg: Config) -> None:
         for field, value in (("variance", "learned"), ("nll_variance", "learned"), ("t_sampling", "importance")):
             if getattr(cfg, field) == value:
                 raise GaussianConfigError(f"{field} {value!r} needs learn_variance=True")
-    if cfg.vlb_weight < 0:
-        raise GaussianConfigError(f"vlb_weight must be >= 0, got {cfg.vlb_weight}")
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Sizes, probabilities and schedule constants: finite and inside their valid ranges."""
+    at_least(cfg.T, "T", 1)
+    widths(cfg.channels, "channels")
+    at_least(cfg.hidden, "hidden", 1)
+    at_least(cfg.layers, "layers", 1)
+    in_range(cfg.beta_1, "beta_1", 0, 1, lo_open=True, hi_open=True)
+    in_range(cfg.beta_T, "beta_T", 0, 1, lo_open=True, hi_open=True)
+    in_range(cfg.cosine_s, "cosine_s", 0, None, lo_open=True)
+    if cfg.rho_lr is not None:
+        in_range(cfg.rho_lr, "rho_lr", 0, None, lo_open=True)
+    at_least(cfg.num_classes, "num_classes", 0)
+    in_range(cfg.label_dropout, "label_dropout", 0, 1)
+    at_least(cfg.steps, "steps", 1, optional=True)
+    if cfg.steps is not None:
+        in_range(cfg.steps, "steps", 1, cfg.T)
+    in_range(cfg.eta, "eta", 0, None)
+    in_range(cfg.w, "w", None, None)
+    in_range(cfg.vlb_weight, "vlb_weight", 0, None)
 
 
 def decoder_for(data: str) -> str:

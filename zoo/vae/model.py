@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.common.nets import VAEDecoder, VAEEncoder
+from zoo.common.config import ConfigError, at_least, in_range, one_of, widths
+from zoo.common.nets import VAE_ARCHITECTURES, VAEDecoder, VAEEncoder
 from zoo.common.utils import module_device, rand, randn
 
 LOG_2PI = math.log(2 * math.pi)
+LIKELIHOOD_DATA = {"bernoulli": ("mnist-binary", "mnist-binary-stochastic"), "gaussian": ("mnist-unit", "mnist-grey")}
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,21 @@ class Config:
     iwae_k: int = 5000  # importance samples of nll()
     elbo_samples: int = 1  # draws of z averaged in elbo_terms()
     eval_batch: int = 16384  # decoder inputs per call in the IWAE estimate
+
+    def __post_init__(self):
+        validate(self)
+
+
+def validate(cfg: Config) -> None:
+    """Every variant name and range checked once (at construction), with the valid choices."""
+    one_of(cfg.likelihood, "likelihood", tuple(LIKELIHOOD_DATA))
+    one_of(cfg.data, f"data for the {cfg.likelihood} likelihood", LIKELIHOOD_DATA[cfg.likelihood])
+    one_of(cfg.arch, "arch", tuple(VAE_ARCHITECTURES))
+    for name in ("latent_dim", "hidden", "iwae_k", "elbo_samples", "eval_batch"):
+        at_least(getattr(cfg, name), name, 1)
+    widths(cfg.channels, "channels")
+    if cfg.gaussian_sigma is not None:
+        in_range(cfg.gaussian_sigma, "gaussian_sigma", 0, None, lo_open=True)
 
 
 # --------------------------------------------------------------------------- equations
@@ -66,7 +83,7 @@ def _per_example(x: torch.Tensor) -> torch.Tensor:
 class Bernoulli(nn.Module):
     """p(x | z) = prod_j Bernoulli((x_j + 1)/2; sigmoid(logit_j)) on {-1, +1} pixels."""
 
-    datasets = ("mnist-binary", "mnist-binary-stochastic")
+    datasets = LIKELIHOOD_DATA["bernoulli"]
 
     def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         target = (x.double() + 1) / 2
@@ -82,7 +99,7 @@ class Bernoulli(nn.Module):
 class Gaussian(nn.Module):
     """p(x | z) = prod_j N(x_j; mean_j, sigma^2), one sigma (learned unless fixed)."""
 
-    datasets = ("mnist-unit", "mnist-grey")
+    datasets = LIKELIHOOD_DATA["gaussian"]
 
     def __init__(self, sigma: float | None):
         super().__init__()
@@ -114,11 +131,11 @@ class VAE(nn.Module):
     def __init__(self, cfg: Config = Config()):
         super().__init__()
         if cfg.likelihood not in LIKELIHOODS:
-            raise ValueError(f"unknown likelihood {cfg.likelihood!r}; choose from {', '.join(LIKELIHOODS)}")
+            raise ConfigError(f"unknown likelihood {cfg.likelihood!r}; choose from {', '.join(LIKELIHOODS)}")
         self.cfg = cfg
         self.likelihood = LIKELIHOODS[cfg.likelihood](cfg)
         if cfg.data not in self.likelihood.datasets:
-            raise ValueError(f"the {cfg.likelihood} likelihood needs data from {', '.join(self.likelihood.datasets)}, "
+            raise ConfigError(f"the {cfg.likelihood} likelihood needs data from {', '.join(self.likelihood.datasets)}, "
                              f"got {cfg.data!r}")
         kw = dict(arch=cfg.arch, latent_dim=cfg.latent_dim, hidden=cfg.hidden, channels=tuple(cfg.channels))
         self.encoder = VAEEncoder(**kw)
