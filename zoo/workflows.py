@@ -15,7 +15,7 @@ import torch
 
 from zoo import ZooError
 from zoo.common.config import apply_overrides, parse_kwargs  # noqa: F401  (parse_kwargs re-exported)
-from zoo.common.data import is_image, load_dataset, to_unit
+from zoo.common.data import is_image, load_dataset, to_unit, training_set
 from zoo.common.plotting import save_picture
 from zoo.common.trainer import TrainConfig, load_checkpoint
 from zoo.common.utils import resolve_device, write_json
@@ -31,14 +31,14 @@ def train(name: str, sets: Sequence[str] = (), trains: Sequence[str] = (), out_d
     cfg = apply_overrides(mod.Config(), sets)
     tcfg = apply_overrides(TrainConfig(device=device, seed=seed), trains)
     out = Path(out_dir or f"runs/train-{name}")
-    train_data = load_dataset(cfg.data, "train", limit=limit, seed=seed)
+    train_data, transform = training_set(cfg.data, limit=limit, seed=seed)  # transform: dynamic binarisation
     val_limit = min(limit, 2000) if limit else 2000
     val_data = load_dataset(cfg.data, "valid" if is_image(cfg.data) else "test", limit=val_limit, seed=seed)
     torch.manual_seed(seed)
     model = mod.build(cfg)
     write_json(out / "config.json", {"formulation": name, "config": dataclasses.asdict(cfg),
                                      "train_config": dataclasses.asdict(tcfg), "limit": limit})
-    trainer = train_model(model, train_data, tcfg, out, "train", val=val_data, resume=resume)
+    trainer = train_model(model, train_data, tcfg, out, "train", val=val_data, resume=resume, transform=transform)
     last = [r for r in trainer.history if r["kind"] == "epoch"]
     summary = {"formulation": name, "steps": trainer.step, "checkpoint": str(trainer.ckpt_path),
                "train_seconds": trainer.train_seconds, "last_epoch": last[-1] if last else None}

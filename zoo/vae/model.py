@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoo.common.data import DATASETS, is_binary, is_image
 from zoo.common.nets import VAEDecoder, VAEEncoder
 from zoo.common.utils import module_device, rand, randn
 
@@ -66,7 +67,7 @@ def _per_example(x: torch.Tensor) -> torch.Tensor:
 class Bernoulli(nn.Module):
     """p(x | z) = prod_j Bernoulli((x_j + 1)/2; sigmoid(logit_j)) on {-1, +1} pixels."""
 
-    datasets = ("mnist-binary", "mnist-binary-stochastic")
+    datasets = tuple(name for name in DATASETS if is_image(name) and is_binary(name))
 
     def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         target = (x.double() + 1) / 2
