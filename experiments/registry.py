@@ -81,11 +81,14 @@ class RunContext:
     figures: list[str] = field(default_factory=list)
 
     def fit(self, model: nn.Module, data: tuple[torch.Tensor, ...], train_cfg: TrainConfig, tag: str,
-            val: tuple[torch.Tensor, ...] | None = None, guarded: bool = False, seed_offset: int = 0) -> Trainer:
+            val: tuple[torch.Tensor, ...] | None = None, guarded: bool = False, seed_offset: int = 0,
+            transform: Callable | None = None) -> Trainer:
         """`zoo.runs.train` into this run directory (run_experiment set train.device and train.seed
-        to the run's; `seed_offset` shifts the seed, e.g. one per data subset)."""
+        to the run's; `seed_offset` shifts the seed, e.g. one per data subset; `transform` the
+        Trainer's batch transform, e.g. the dynamic binarisation of ``zoo.common.data.training_set``)."""
         cfg = dataclasses.replace(train_cfg, seed=train_cfg.seed + seed_offset)
-        return train(model, data, cfg, self.out_dir, tag, meta={"experiment": self.name}, val=val, guarded=guarded)
+        return train(model, data, cfg, self.out_dir, tag, meta={"experiment": self.name}, val=val, guarded=guarded,
+                     transform=transform)
 
     def remove_checkpoints(self) -> None:
         remove_checkpoints(self.out_dir)

@@ -23,7 +23,7 @@ def test_config_validation():
         build(Config(loss="simple"))
     with pytest.raises(ConfigError, match="stratified, uniform"):
         build(Config(time_sampling="sobol"))
-    with pytest.raises(ConfigError, match="mnist-binary, mnist-binary-stochastic"):
+    with pytest.raises(ConfigError, match="mnist-binary, mnist-binary-static, mnist-binary-dynamic, mnist-binary-stochastic"):
         build(Config(data="mnist-grey"))
     with pytest.raises(ConfigError, match="steps in 1..T"):
         build(Config(T=10, steps=11))

@@ -35,19 +35,50 @@ def test_every_experiment_has_three_presets():
         assert set(exp.presets) == {"smoke", "quick", "paper"}, exp.name
 
 
+ZOO_BOUNDS = {"gaussian": {"elbo", "ode"}, "gaussian_learned": {"elbo", "ode"}, "ve": {"ode"}, "binary": {"elbo"},
+              "absorbing": {"elbo"}, "gaussian_binary": {"elbo"}, "vae": {"elbo", "nll"}}
+
+
 def test_zoo_table_smoke(fake_mnist, tmp_path):
+    import csv
+    import hashlib
+
+    from zoo.common.data import is_binary, load_dataset
+
     m = run_experiment("zoo", preset="smoke", out_dir=tmp_path)
     rows = m["rows"]
-    assert set(rows) == {"gaussian", "ve", "binary", "vae"}
+    assert set(rows) == set(ZOO_BOUNDS)
     for name, row in rows.items():
         assert _finite(row) and row["classifier_fid"] > 0 and row["pixel_fid"] > 0, name
         assert row["train_s"] > 0 and row["sample_s_per_1000"] > 0
+        # every likelihood the formulation defines on its data, and no model without one
+        assert set(row["likelihoods"]) == ZOO_BOUNDS[name], name
     # NFE by construction: DDIM steps, 1/dt, T, one decoder call
-    assert [rows[k]["nfe"] for k in ("gaussian", "ve", "binary", "vae")] == [5, 10, 5, 1]
-    # Every row has a likelihood in nats per image: the VE row through the probability-flow ODE.
-    assert all(math.isfinite(rows[k]["nll_nats"]) for k in ("gaussian", "ve", "binary", "vae"))
-    assert "bits_per_dim" in rows["gaussian"]
+    assert {k: r["nfe"] for k, r in rows.items()} == {"gaussian": 5, "gaussian_learned": 5, "ve": 10, "binary": 5,
+                                                     "absorbing": 5, "gaussian_binary": 5, "vae": 1}
     assert rows["gaussian"]["params"] == rows["binary"]["params"]  # the same U-Net for both
-    header = (tmp_path / "table.csv").read_text().splitlines()[0]
-    assert "classifier_fid" in header and len((tmp_path / "table.csv").read_text().splitlines()) == 5
+    # bits/dim = nats / (784 ln 2) for every grey row, from the table's own numbers (likelihoods.csv)
+    with open(tmp_path / "likelihoods.csv") as f:
+        table = list(csv.DictReader(f))
+    grey = [r for r in table if r["data"] == "mnist-grey"]
+    assert len(grey) == 5  # Gaussian ELBO and ODE (fixed, learned variance), VE ODE
+    for r in grey:
+        assert math.isclose(float(r["bits_per_dim"]), float(r["nats"]) / (784 * math.log(2)), rel_tol=1e-12), r
+    # the ODE rows carry the dequantisation term -D log w explicitly: w = 2/255 on 8-bit data in [-1, 1]
+    for r in grey:
+        if r["kind"] == "ode":
+            assert math.isclose(float(r["mean_dequant"]), -784 * math.log(2 / 255), rel_tol=1e-9)
+    # every binarised row on the identical test images: the first n_test, the same protocol and draw
+    binarised = {k: r["test_images"] for k, r in rows.items() if is_binary(r["data"])}
+    assert set(binarised) == {"binary", "absorbing", "gaussian_binary", "vae"}
+    assert len({str(sorted(rec.items())) for rec in binarised.values()}) == 1
+    rec = next(iter(binarised.values()))
+    x = load_dataset("mnist-binary-static", "test", limit=4, seed=0)[0]  # dynamic's test split: the static draw
+    assert rec["indices"] == [0, 4] and rec["protocol"] == "dynamic"
+    assert rec["sha256"] == hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
+    assert sum(1 for r in table if r["data"] == "mnist-binary-dynamic") == 5  # 4 ELBOs and the IWAE
+    assert {r.get("model") for r in table if r.get("model")} >= {"IWAE (Burda et al. 2015)"}  # the anchors
+    report = (tmp_path / "report.md").read_text()
+    assert "Direct comparisons" in report and "84.78" in report and "none defined" not in report
+    assert len((tmp_path / "table.csv").read_text().splitlines()) == 8
     assert (tmp_path / "samples.png").exists() and not list(tmp_path.glob("*.ckpt"))

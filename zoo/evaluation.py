@@ -9,21 +9,24 @@
 - ``quality``: ``zoo.common.metrics.sample_metrics`` (FIDs) and agreement for images, the sliced
   Wasserstein distance to held-out points for 2-D data;
 - ``real_floor``: what real training images score on the same metrics (``metrics.floor_and_ceiling``);
-- ``evaluate``: all of it under one ``EvalConfig``, used by ``zoo eval`` and the experiments.
+- ``evaluate``: all of it under one ``EvalConfig``, used by ``zoo eval`` and the experiments;
+- ``test_set`` / ``bounds`` / ``likelihoods``: every likelihood a formulation defines on a dataset
+  (ELBO, probability-flow ODE, IWAE ...) on the same recorded test images, for the zoo table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from zoo.common.config import check
-from zoo.common.data import is_binary, is_image, load_dataset, to_unit
+from zoo.common.data import is_binary, is_image, load_dataset, protocol, to_unit
 from zoo.common.metrics import agreement, floor_and_ceiling, nats_to_bpd, sample_metrics, sliced_wasserstein
 
 
@@ -187,3 +190,65 @@ def evaluate(model: nn.Module, dataset: str, cfg: EvalConfig = EvalConfig(), see
     if cfg.fid:
         result.update(quality(samples.x, dataset, cfg.n_ref, labels=None if labels is None else labels.cpu()))
     return result
+
+
+# --------------------------------------------------------------------------- every likelihood of a model
+
+Bound = Callable[[tuple[torch.Tensor, ...], torch.Generator], dict[str, torch.Tensor]]
+
+
+def test_set(dataset: str, n_test: int | None, seed: int = 0) -> tuple[tuple[torch.Tensor], dict[str, Any]]:
+    """The first `n_test` test examples of `dataset` (stochastic binarisations: the static draw with
+    `seed`) and a record of exactly which: protocol, seed, index range and a SHA-256 of the tensor."""
+    x = load_dataset(dataset, "test", limit=n_test, seed=seed)[0]
+    digest = hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
+    return (x,), {"dataset": dataset, "protocol": protocol(dataset) if is_image(dataset) else None, "seed": seed,
+                  "indices": [0, len(x)], "sha256": digest}
+
+
+def bounds(model: nn.Module, dataset: str, ode_steps: int = 64) -> dict[str, Bound]:
+    """Every likelihood `model` defines on `dataset`, by kind; each maps (batch, generator) to
+    per-example terms in nats with "total":
+
+    - ``elbo``: ``elbo_terms`` (the variational bound);
+    - ``ode``: ``ode_terms`` (probability-flow ODE with `ode_steps` steps), on 8-bit grey data only:
+      there it is dequantised to a bound on the probability of the 8-bit image, while on {-1, +1}
+      data it would be a density of two points, not a probability;
+    - ``nll``: ``nll`` where it is neither of those (NLL_IS_ELBO, or the same method as ode_nll),
+      e.g. the VAE's IWAE estimate.
+    """
+    out: dict[str, Bound] = {}
+    if hasattr(model, "elbo_terms"):
+        out["elbo"] = lambda b, g: model.elbo_terms(b, generator=g)
+    if hasattr(model, "ode_terms") and not is_binary(dataset) and is_image(dataset):
+        out["ode"] = lambda b, g: model.ode_terms(b, steps=ode_steps, generator=g)
+    nll = getattr(type(model), "nll", None)
+    if nll is not None and not getattr(model, "NLL_IS_ELBO", False) and nll is not getattr(type(model), "ode_nll", None):
+        out["nll"] = lambda b, g: {"total": model.nll(b, generator=g)}
+    return out
+
+
+def likelihoods(model: nn.Module, dataset: str, test: tuple[torch.Tensor, ...], chunk: int = 250, seed: int = 0,
+                ode_steps: int = 64) -> dict[str, dict[str, Any]]:
+    """Each of `bounds(model, dataset)` over `test`: mean nats and standard error, bits/dim for images
+    (nats / (D ln 2)), the mean of every per-example term, and the seconds it took. Each kind draws
+    from its own generator seeded by `seed`."""
+    device = device_of(model)
+    batches = [tuple(d[i:i + chunk].to(device) for d in test) for i in range(0, len(test[0]), chunk)]
+    out = {}
+    for kind, fn in bounds(model, dataset, ode_steps).items():
+        gen = torch.Generator(device=device).manual_seed(seed)
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():  # (the ODE's divergence turns autograd on where it needs it)
+            parts = [{k: v.detach().cpu() for k, v in fn(b, gen).items() if v.ndim == 1} for b in batches]
+        _sync(device)
+        terms = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        row: dict[str, Any] = {"n_test": len(test[0]), "seconds": time.perf_counter() - t0}
+        row["nats"], row["se"] = mean_se(terms.pop("total"))
+        if test[0].ndim == 4:
+            dims = test[0][0].numel()
+            row["bits_per_dim"], row["bits_per_dim_se"] = row["nats"] / (dims * math.log(2)), row["se"] / (dims * math.log(2))
+        row.update({f"mean_{k}": float(v.double().mean()) for k, v in terms.items()})
+        out[kind] = row
+    return out

@@ -9,7 +9,7 @@ turned into epochs by the Trainer itself. Helpers read curves back from the trai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,16 +21,17 @@ from zoo.formulations import meta as formulation_meta
 def train(model: nn.Module, data: tuple[torch.Tensor, ...], train_cfg: TrainConfig,
           out_dir: str | Path | None = None, tag: str = "train", meta: dict[str, Any] | None = None,
           val: tuple[torch.Tensor, ...] | None = None, guarded: bool = False, resume: bool = False,
-          resume_lr: bool = False) -> Trainer:
+          resume_lr: bool = False, transform: Callable | None = None) -> Trainer:
     """Train `model` into OUT_DIR/TAG.ckpt (log lines tagged TAG); returns the Trainer.
 
     `meta` is added to the formulation meta. With `guarded`, a loss turning NaN/inf ends this
     model's run, not the caller's: ``trainer.error`` holds the message (None when it finished).
     `resume` continues from OUT_DIR/TAG.ckpt if it exists; with `resume_lr` train_cfg.lr replaces
-    the checkpoint's learning rate (Trainer.resume's `new_lr`).
+    the checkpoint's learning rate (Trainer.resume's `new_lr`). `transform(batch, epoch, index)` is the
+    Trainer's batch transform (``zoo.common.data.training_set`` gives it for the dynamic binarisation).
     """
     trainer = Trainer(model, data, train_cfg, out_dir=out_dir, val_data=val, tag=tag,
-                      meta={**formulation_meta(model), **(meta or {})})
+                      meta={**formulation_meta(model), **(meta or {})}, transform=transform)
     if resume and trainer.ckpt_path is not None and trainer.ckpt_path.exists():
         trainer.resume(new_lr=resume_lr)
     trainer.error = None

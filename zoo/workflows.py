@@ -18,7 +18,7 @@ import torch
 
 from zoo import ZooError
 from zoo.common.config import UsageError, apply_overrides, parse_kwargs, split_pair  # noqa: F401  (re-exported)
-from zoo.common.data import is_image, load_dataset, to_unit
+from zoo.common.data import is_image, load_dataset, to_unit, training_set
 from zoo.common.plotting import save_picture
 from zoo.common.trainer import (RESUME_KEYS, CheckpointError, RunLock, TrainConfig, check_same_model, load_checkpoint,
                                 remove_stale_temps)
@@ -64,7 +64,7 @@ def train(name: str, sets: Sequence[str] = (), trains: Sequence[str] = (), out_d
     cfg = apply_overrides(mod.Config(), sets)
     tcfg = apply_overrides(TrainConfig(device=device, seed=seed), trains)
     out = _out_dir(out_dir, f"runs/train-{name}")
-    train_data = load_dataset(cfg.data, "train", limit=limit, seed=seed)
+    train_data, transform = training_set(cfg.data, limit=limit, seed=seed)  # transform: dynamic binarisation
     val_limit = min(limit, 2000) if limit else 2000
     val_data = load_dataset(cfg.data, "valid" if is_image(cfg.data) else "test", limit=val_limit, seed=seed)
     torch.manual_seed(seed)
@@ -78,7 +78,8 @@ def train(name: str, sets: Sequence[str] = (), trains: Sequence[str] = (), out_d
         remove_stale_temps(out)
         write_json(out / "config.json", {**meta, "train_config": dataclasses.asdict(tcfg), "limit": limit})
         new_lr = any(split_pair(p, "--train")[0] == "lr" for p in trains)
-        trainer = train_model(model, train_data, tcfg, out, "train", val=val_data, resume=resume, resume_lr=new_lr)
+        trainer = train_model(model, train_data, tcfg, out, "train", val=val_data, resume=resume, resume_lr=new_lr,
+                              transform=transform)
         last = [r for r in trainer.history if r["kind"] == "epoch"]
         summary = {"formulation": name, "steps": trainer.step, "checkpoint": str(trainer.ckpt_path),
                    "train_seconds": trainer.train_seconds, "last_epoch": last[-1] if last else None}

@@ -26,11 +26,12 @@ from zoo.binary import absorbing
 from zoo.binary.guidance import logits_for, training_labels
 from zoo.binary.schedules import MASK_SCHEDULES, ConfigError, make_alphas, mask_schedule
 from zoo.common import config as C
+from zoo.common.data import DATASETS, is_binary, is_image
 from zoo.common.nets import UNet, UNetConfig
 from zoo.common.utils import module_device, to_device
 
 IMAGE_SHAPE = (1, 28, 28)
-BINARY_DATASETS = ("mnist-binary", "mnist-binary-stochastic")
+BINARY_DATASETS = tuple(name for name in DATASETS if is_image(name) and is_binary(name))
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class AbsorbingDiffusion(nn.Module):
     """Masked diffusion on {-1, +1} images with an x0-predicting U-Net."""
 
     NETWORK = "net"  # the submodule whose calls are network evaluations (NFE)
-    NLL_IS_ELBO = True  # nll() is elbo_terms()["total"]: zoo.evaluation computes it once
+    NLL_IS_ELBO = True  # nll(batch) is elbo_terms(batch)["total"]: zoo.evaluation computes it once
 
     def __init__(self, cfg: Config = Config()):
         super().__init__()

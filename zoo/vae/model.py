@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.common.config import ConfigError, at_least, in_range, one_of, widths
+from zoo.common.data import DATASETS, is_binary, is_image
 from zoo.common.nets import VAE_ARCHITECTURES, VAEDecoder, VAEEncoder
 from zoo.common.utils import module_device, rand, randn
 
 LOG_2PI = math.log(2 * math.pi)
-LIKELIHOOD_DATA = {"bernoulli": ("mnist-binary", "mnist-binary-stochastic"), "gaussian": ("mnist-unit", "mnist-grey")}
+LIKELIHOOD_DATA = {"bernoulli": tuple(name for name in DATASETS if is_image(name) and is_binary(name)),
+                   "gaussian": ("mnist-unit", "mnist-grey")}
 
 
 @dataclass(frozen=True)
