@@ -11,7 +11,7 @@ variation (absolute difference of neighbouring pixels) per image, against that o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -144,5 +144,8 @@ def run(cfg: OdeSamplersConfig, ctx: RunContext) -> Result:
 
 
 PRESETS = sampler_presets(OdeSamplersConfig(), quick_epochs=1, steps=(3, 6), grid_steps=(3, 6))
+# quick at 5-40 steps: three spacings of 5, 10, 20, 40 cost 651 NFE per sample against 545 for one
+# spacing of 5-100 before (Heun 2s - 2), so the quick run stays about as long; Heun s vs Euler 2s pairs stay.
+PRESETS["quick"] = replace(PRESETS["quick"], steps=(5, 10, 20, 40))
 experiment("ode-samplers", "probability-flow ODE: Euler vs Heun at 5-100 steps in three spacings, FID vs steps and "
            "NFE, grids", PRESETS, order=8)(run)
