@@ -2,7 +2,7 @@
 exactly: one network evaluation per step in every spacing, each spacing's DDIM row is DDIM on that
 spacing's grid from the experiment's x_T (rebuilt from the run's checkpoint), DDIM with eta = 0 is
 Euler on the probability-flow ODE on the same grid, trailing starts at T, and the verdict follows its
-criterion from the numbers."""
+criterion from the numbers (not tested where DDPM makes no digits)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,10 @@ def test_verdict_follows_its_criterion(smoke):
     close = [sp for sp in SPACINGS
              if m["samplers"][f"DDIM-{cfg.compare_steps}-{sp}"]["classifier_fid"] <= cfg.close * ddpm["classifier_fid"]
              and m["samplers"][f"DDIM-{cfg.compare_steps}-{sp}"]["speedup"] >= 10]
-    assert m["spacings_close"] == close and m["reproduced"] == bool(close)
+    assert m["spacings_close"] == close
+    # An untrained smoke model makes no digits: the claim is not tested, whatever the ratios say.
+    assert ddpm["classifier_fid"] >= cfg.digits and m["reproduced"] is None
+    assert m["verdict"]["reproduced"] == "not tested"
     assert m["verdict"]["numbers"]["ddim_fid_trailing"] == m["samplers"]["DDIM-5-trailing"]["classifier_fid"]
 
 
@@ -99,3 +102,29 @@ def test_config_validation():
         replace(PRESETS["smoke"], spacings=("uniform",))
     with pytest.raises(ConfigError, match="compare_steps"):
         replace(PRESETS["smoke"], compare_steps=7)
+
+
+def test_verdict_names_the_spacing_that_gets_there():
+    from dataclasses import replace
+
+    from experiments.ddpm_vs_ddim import DdpmVsDdimConfig, _verdict
+
+    cfg = DdpmVsDdimConfig()  # DDIM-50 against DDPM-1000, close = 1.25, digits = 10
+    row = dict(pixel_fid=5.0, total_variation=0.13)
+
+    def rows(ddpm_fid, fids, speedup=20.0):
+        return ([{"sampler": "DDPM", "steps": 1000, "spacing": "-", "nfe": 1000, "classifier_fid": ddpm_fid,
+                  "speedup": 1.0, **row}] +
+                [{"sampler": "DDIM", "steps": 50, "spacing": sp, "nfe": 50, "classifier_fid": f, "speedup": speedup, **row}
+                 for sp, f in zip(SPACINGS, fids)])
+
+    # 1.5x, 1.2x, 1.3x DDPM's classifier FID: only trailing is within 1.25x.
+    finding, v = _verdict(cfg, rows(2.0, (3.0, 2.4, 2.6)), epochs=5)
+    assert v["reproduced"] == "yes" and v["numbers"]["spacings_close"] == ["trailing"]
+    assert "Within 1.25x of DDPM's classifier FID: trailing." in finding
+    _, v = _verdict(cfg, rows(2.0, (3.0, 2.4, 2.6), speedup=8.0), epochs=5)  # close, but not 10x faster
+    assert v["reproduced"] == "no" and v["numbers"]["spacings_close"] == []
+    finding, v = _verdict(cfg, rows(2.0, (3.0, 2.6, 2.7)), epochs=5)
+    assert v["reproduced"] == "no" and "No spacing gets within 1.25x" in finding
+    _, v = _verdict(replace(cfg, digits=1.5), rows(2.0, (3.0, 2.4, 2.6)), epochs=5)  # DDPM makes no digits
+    assert v["reproduced"] == "not tested"
