@@ -1,4 +1,5 @@
-"""The binary-vs-vae experiment's smoke preset on the fake MNIST: files, finite metrics, shapes."""
+"""The binary-vs-vae experiment's smoke preset on the fake MNIST: the two bounds on the same test images
+(the diffusion's prior term against its closed form, the paired gap, NFE counted), files and shapes."""
 
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ def test_smoke_preset_runs_on_fake_mnist(fake_mnist, tmp_path):
     assert b["nll_nats"] == b["elbo_nats"]  # the diffusion's NLL bound is its ELBO
     assert v["elbo_total"] == pytest.approx(v["elbo_recon"] + v["elbo_kl"], rel=1e-9)
     assert 100 < b["elbo_nats"] < 2000 and 100 < v["elbo_nats"] < 2000
+    # The prior term KL(q(Y_T | Y_0) || fair coins) does not depend on the image: each of the 784 pixels
+    # keeps its value with probability q = (1 + kappa_T)/2, kappa_T = (1 - 2 delta)^T (constant schedule).
+    kappa = (1 - 2 * m["deltas_first"]) ** cfg.model.binary.T
+    assert kappa == pytest.approx(cfg.model.binary.kappa_T, rel=1e-9)
+    q = (1 + kappa) / 2
+    assert b["elbo_prior"] == pytest.approx(784 * (q * math.log(2 * q) + (1 - q) * math.log(2 * (1 - q))), rel=1e-6)
+    # The gap is paired over the same test images: its mean is the difference of the two means.
+    assert m["elbo_gap_binary_minus_vae"] == pytest.approx(b["elbo_nats"] - v["elbo_nats"], rel=1e-9, abs=1e-9)
     assert m["n_test"] == cfg.eval.n_test and m["n_train"] == cfg.n_train
     assert m["verdict"]["reproduced"] == "not tested" and m["verdict"]["numbers"]["vae_iwae"] == v["nll_nats"]
     files = {p.name for p in out.iterdir()}
@@ -47,7 +56,7 @@ def test_smoke_preset_runs_on_fake_mnist(fake_mnist, tmp_path):
             "kl_per_t.png"} <= files
     assert not any(f.endswith(".ckpt") for f in files)
     report = (out / "report.md").read_text()
-    assert "86.76" in report and "84.78" in report and "![samples](samples.png)" in report
+    assert f"{b['elbo_nats']:.1f} vs {v['elbo_nats']:.1f}" in report and "![samples](samples.png)" in report
     assert json.loads((out / "metrics.json").read_text())["binary"]["elbo_nats"] == b["elbo_nats"]
     runs = {json.loads(s)["run"] for s in (out / "log.jsonl").read_text().splitlines()}
     assert runs == {"binary", "vae"}  # both trained through the one Trainer

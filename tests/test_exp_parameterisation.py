@@ -1,27 +1,54 @@
-"""`parameterisation` smoke preset on fake MNIST: complete run directory, finite FIDs for each column."""
+"""`parameterisation` smoke preset on fake MNIST: the experiment's own decisions checked from its
+numbers (which model is better on pixel FID, whether both are digit-like against uniform noise's
+classifier FID, the verdict that follows), the learnable rho of the mean model moving, and a rerun from
+config.json that reproduces metrics.json (wall-clock fields aside) exactly."""
 
 from __future__ import annotations
 
+import json
 import math
 
 from experiments import run_experiment
 from experiments.parameterisation import PRESETS
 
+CLOCK = {"seconds", "train_seconds", "sample_seconds"}
+
+
+def _drop_clock(tree):
+    if isinstance(tree, dict):
+        return {k: _drop_clock(v) for k, v in tree.items() if k not in CLOCK}
+    return tree
+
 
 def test_parameterisation_smoke(fake_mnist, tmp_path):
     cfg = PRESETS["smoke"]
-    m = run_experiment("parameterisation", preset="smoke", out_dir=tmp_path)
+    m = run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "a")
     for f in ("config.json", "metrics.json", "log.jsonl", "report.md", "samples.png", "losses.png"):
-        assert (tmp_path / f).exists(), f
-    assert not list(tmp_path.glob("*.ckpt"))
-    assert set(m["results"]) == set(cfg.params) and {"mean", "eps"} <= set(cfg.params)
-    for param, r in m["results"].items():
-        assert r["diverged"] is None, param
-        assert math.isfinite(r["pixel_fid"]) and r["pixel_fid"] >= 0, param
-        assert math.isfinite(r["classifier_fid"]) and r["classifier_fid"] >= 0, param
-        assert len(m["train_curves"][param]) == cfg.train.epochs and math.isfinite(r["final_train_loss"])
-    assert "rho0" in m["results"]["mean"] and "rho0" not in m["results"]["eps"]
-    assert math.isfinite(m["results"]["mean"]["rho0"]) and math.isfinite(m["results"]["mean"]["rho1"])
-    assert math.isfinite(m["real_floor"]["pixel_fid"]) and isinstance(m["reproduced"], bool)
-    assert m["noise_ceiling"]["classifier_fid"] > m["real_floor"]["classifier_fid"]  # real digits beat noise
-    assert isinstance(m["informative"], bool)
+        assert (tmp_path / "a" / f).exists(), f
+    assert not list((tmp_path / "a").glob("*.ckpt"))
+    assert set(m["results"]) == set(cfg.params) == {"mean", "eps"}
+    mean, eps = m["results"]["mean"], m["results"]["eps"]
+    assert mean["diverged"] is None and eps["diverged"] is None
+    assert mean["loss"] == "mean-matching" and eps["loss"] == "elbo-eps"
+    assert len(m["train_curves"]["mean"]) == len(m["train_curves"]["eps"]) == cfg.train.epochs
+    # The mean model's rho0, rho1 (initialised at 1) are trained on their own learning rate; eps has none.
+    assert abs(mean["rho0"] - 1) > 1e-4 and abs(mean["rho1"] - 1) > 1e-4 and "rho0" not in eps
+
+    # The experiment's decisions, recomputed from the numbers it reports.
+    ceiling = m["noise_ceiling"]["classifier_fid"]
+    assert ceiling > m["real_floor"]["classifier_fid"] + 10  # real digits beat uniform noise by far
+    informative = max(mean["classifier_fid"], eps["classifier_fid"]) < ceiling / 2
+    by_pixel = eps["pixel_fid"] < mean["pixel_fid"]
+    assert m["informative"] == informative and m["eps_better_pixel_fid"] == by_pixel
+    assert m["eps_better_classifier_fid"] == (eps["classifier_fid"] < mean["classifier_fid"])
+    assert m["reproduced"] == (by_pixel and informative)
+    assert m["verdict"]["reproduced"] == ("not tested" if not informative else "yes" if by_pixel else "no")
+    assert m["verdict"]["numbers"] == {"mean_pixel_fid": mean["pixel_fid"], "eps_pixel_fid": eps["pixel_fid"]}
+    assert all(math.isfinite(r[k]) for r in (mean, eps) for k in ("pixel_fid", "classifier_fid"))
+
+    # `zoo run parameterisation --config config.json` reproduces the run.
+    info = json.loads((tmp_path / "a" / "config.json").read_text())
+    run_experiment("parameterisation", preset=info["preset"], seed=info["seed"], out_dir=tmp_path / "b",
+                   config=info["config"])
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert _drop_clock(json.loads((tmp_path / "b" / "metrics.json").read_text())) == _drop_clock(first)
