@@ -60,4 +60,5 @@ def test_config_is_validated():
         DiscreteConfig(absorbing_steps=(5, 40))
     base = DiscreteConfig()
     with pytest.raises(ValueError, match="same data"):
-        DiscreteConfig(model=type(base.model)(vae=type(base.model.vae)(data="mnist-grey")))
+        # a VAE config that is valid on its own (Gaussian likelihood on grey images) but not on the others' data
+        DiscreteConfig(model=type(base.model)(vae=type(base.model.vae)(data="mnist-grey", likelihood="gaussian")))
