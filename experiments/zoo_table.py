@@ -70,7 +70,9 @@ class ZooConfig:
     # averages with 0.999, a ~1000-step horizon over 40000 steps, warm-up from step 0 (issue 11).
     train: TrainConfig = TrainConfig(steps=400, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=40,
                                      log_every=100, val_every=0)
-    eval: EvalConfig = EvalConfig(n_samples=500, sample_chunk=250, n_test=100, nll_chunk=50)
+    # 25 test images: the three Gaussian ELBOs cost T = 1000 network calls per image each, the ODE rows
+    # 64 calls and a vjp; 25 keeps `make demo` in minutes (the standard errors are in the table).
+    eval: EvalConfig = EvalConfig(n_samples=500, sample_chunk=250, n_test=25, nll_chunk=25)
     ode_steps: int = 32  # Heun steps of the probability-flow ODE likelihoods (two NFE + a vjp each)
     n_train: int = 10000
 
