@@ -57,3 +57,15 @@ def device(request):
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device here")
     return torch.device(request.param)
+
+
+def run_zoo(capsys, *args) -> str:
+    """`zoo ARGS` in-process; asserts exit 0 and returns stdout."""
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    assert e.value.code == 0, out.err
+    return out.out

@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 
+from tests.conftest import run_zoo
+
 from zoo.binary.absorbing_model import AbsorbingDiffusion, Config, build
 from zoo.binary.schedules import ConfigError
 from zoo.common.trainer import TrainConfig, Trainer
@@ -86,24 +88,15 @@ def test_tiny_training_on_fake_mnist_lowers_the_elbo(fake_mnist, tmp_path):
     assert set(s.unique().tolist()) <= {-1.0, 1.0}
 
 
-def _zoo(capsys, *args):
-    from zoo.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    assert e.value.code == 0, out.err
-    return out.out
 
 
 def test_zoo_train_sample_eval_absorbing(capsys, fake_mnist, tmp_path):
     out = tmp_path / "abs"
-    _zoo(capsys, "train", "absorbing", "--set", "num_classes=10", "--set", "T=6", "--set", "channels=8,16",
+    run_zoo(capsys, "train", "absorbing", "--set", "num_classes=10", "--set", "T=6", "--set", "channels=8,16",
          "--train", "max_steps=2", "--train", "batch_size=16", "--limit", "64", "--out", str(out))
-    _zoo(capsys, "sample", str(out / "train.ckpt"), "-n", "4", "--kw", "w=2", "--kw", "steps=3",
+    run_zoo(capsys, "sample", str(out / "train.ckpt"), "-n", "4", "--kw", "w=2", "--kw", "steps=3",
          "--out", str(tmp_path / "s.png"))
     assert torch.load(tmp_path / "s.pt", weights_only=True).shape == (4, 1, 28, 28)
-    res = json.loads(_zoo(capsys, "eval", str(out / "train.ckpt"), "--n-samples", "20", "--n-test", "4"))
+    res = json.loads(run_zoo(capsys, "eval", str(out / "train.ckpt"), "--n-samples", "20", "--n-test", "4"))
     assert res["formulation"] == "absorbing" and 0 < res["nll_nats"] < 784 * math.log(2) * 1.1
     assert 0 <= res["agreement"] <= 1

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from zoo.cli import main
+from tests.conftest import run_zoo
+
 from zoo.common.classifier import test_slice as mnist_slice
 from zoo.common.data import load_dataset
 from zoo.common.metrics import classifier_predict, sliced_wasserstein
@@ -17,30 +18,23 @@ from zoo.workflows import load_model
 from zoo.workflows import parse_kwargs
 
 
-def _zoo(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    assert e.value.code == 0, out.err
-    return out.out
 
 
 def test_train_sample_eval_and_resume(capsys, tmp_path):
     out = tmp_path / "run"
     common = ["--set", "data=swiss-roll", "--set", "arch=mlp", "--set", "T=50", "--set", "schedule=cosine",
               "--train", "batch_size=128", "--train", "lr=3e-3", "--limit", "1024", "--out", str(out)]
-    _zoo(capsys, "train", "gaussian", *common, "--train", "epochs=2")
+    run_zoo(capsys, "train", "gaussian", *common, "--train", "epochs=2")
     assert (out / "train.ckpt").exists() and json.loads((out / "summary.json").read_text())["steps"] == 16
-    _zoo(capsys, "train", "gaussian", *common, "--train", "epochs=4", "--resume")
+    run_zoo(capsys, "train", "gaussian", *common, "--train", "epochs=4", "--resume")
     assert json.loads((out / "summary.json").read_text())["steps"] == 32  # continued, not restarted
 
-    _zoo(capsys, "sample", str(out / "train.ckpt"), "-n", "64", "--kw", "sampler=ddim", "--kw", "steps=10",
+    run_zoo(capsys, "sample", str(out / "train.ckpt"), "-n", "64", "--kw", "sampler=ddim", "--kw", "steps=10",
          "--out", str(tmp_path / "s.png"))
     samples = torch.load(tmp_path / "s.pt", weights_only=True)
     assert samples.shape == (64, 2) and (tmp_path / "s.png").stat().st_size > 1000
 
-    res = json.loads(_zoo(capsys, "eval", str(out / "train.ckpt"), "--n-samples", "200", "--n-test", "200",
+    res = json.loads(run_zoo(capsys, "eval", str(out / "train.ckpt"), "--n-samples", "200", "--n-test", "200",
                           "--kw", "sampler=ddim", "--kw", "steps=10"))
     assert res["formulation"] == "gaussian" and res["n_test"] == 200 and res["nfe"] == 10
     # The reported -ELBO is the model's bound on the first 200 test points with the evaluation's seed 0
@@ -96,9 +90,9 @@ def test_sliced_wasserstein_against_1d_closed_form():
 
 def test_eval_of_a_conditional_mnist_model_reports_fid_and_agreement(capsys, fake_mnist, tmp_path):
     out = tmp_path / "cond"
-    _zoo(capsys, "train", "gaussian", "--set", "num_classes=10", "--set", "T=10", "--set", "channels=8,16",
+    run_zoo(capsys, "train", "gaussian", "--set", "num_classes=10", "--set", "T=10", "--set", "channels=8,16",
          "--train", "max_steps=3", "--train", "batch_size=16", "--limit", "64", "--out", str(out))
-    res = json.loads(_zoo(capsys, "eval", str(out / "train.ckpt"), "--n-samples", "20", "--n-test", "4",
+    res = json.loads(run_zoo(capsys, "eval", str(out / "train.ckpt"), "--n-samples", "20", "--n-test", "4",
                           "--kw", "sampler=ddim", "--kw", "steps=5"))
     # Units: bits per dimension is nats / (784 ln 2), per example and so in the mean.
     assert res["bits_per_dim"] == pytest.approx(res["nll_nats"] / (784 * math.log(2)), rel=1e-9)
@@ -109,7 +103,7 @@ def test_eval_of_a_conditional_mnist_model_reports_fid_and_agreement(capsys, fak
     for shift in (0, 1):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(GaussianDiffusion, "sample", lambda self, n, labels=None, **kw: _real_digits((labels + shift) % 10))
-            res = json.loads(_zoo(capsys, "eval", str(out / "train.ckpt"), "--n-samples", "40", "--n-test", "4"))
+            res = json.loads(run_zoo(capsys, "eval", str(out / "train.ckpt"), "--n-samples", "40", "--n-test", "4"))
         asked = torch.arange(40) % 10  # evaluate asks for every class in turn
         shown = (_real_digits((asked + shift) % 10) + 1) / 2  # (40, 1, 28, 28) in [0, 1]
         expected = (classifier_predict(shown) == asked).double().mean().item()
