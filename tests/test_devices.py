@@ -56,6 +56,8 @@ CASES = [
     ("absorbing", dict(data="mnist-binary", channels=(8, 16), T=5, num_classes=10), (1, 28, 28), [dict(w=2.0)]),
     ("vae", dict(data="mnist-binary", latent_dim=4, iwae_k=3), (1, 28, 28), [dict()]),
     ("vae", dict(data="mnist-grey", likelihood="gaussian", arch="mlp", latent_dim=4, iwae_k=3), (1, 28, 28), [dict()]),
+    ("vae", dict(data="mnist-grey", likelihood="discretised-logistic", latent_dim=4, iwae_k=3), (1, 28, 28),
+     [dict(), dict(mean=True)]),
 ]
 # The VE likelihood integrates an ODE (64 Heun steps by default, each a forward and a backward pass:
 # about 35 s on meta); a few steps exercise the same code.

@@ -7,13 +7,20 @@ Symbols: data ``x`` (B, 1, 28, 28) in the dataset's view, latent ``z`` (B, L), e
   log-likelihoods in nats per image, directly comparable with the bit-flip diffusion's ELBO;
 - ``gaussian`` on grey data (``mnist-unit`` or ``mnist-grey``): N(mean, sigma^2) per pixel with one
   learned (or fixed) sigma. Its values are densities of continuous pixels, not comparable with
-  the discrete likelihoods above.
+  the discrete likelihoods above;
+- ``discretised-logistic`` on 8-bit grey data (``mnist-grey``, pixels on the 256 levels
+  x_k = 2k/255 - 1): the decoder gives per pixel a location m and a log-scale log s (two output
+  channels) and P(x_k | z) = sigma((x_k + 1/255 - m)/s) - sigma((x_k - 1/255 - m)/s), the logistic
+  mass of the pixel's bin, the first bin extended to -inf and the last to +inf (PixelCNN++, Salimans
+  et al. 2017; Kingma et al. 2016): a probability over the 256 levels, so its nats per image and
+  bits/dim = nats/(784 ln 2) compare with the Gaussian diffusion's discretised ELBO on grey MNIST.
 
 - ``loss(batch)``: -ELBO = -log p(x | z) + KL(q(z | x) || N(0, I)), one reparameterised z per image.
 - ``nll(batch)``: the IWAE estimate -log (1/k) sum_i p(x, z_i)/q(z_i | x) with k = ``iwae_k``
   importance samples (Burda et al. 2016), batched over k; an upper bound on -log p(x) whose
   expectation decreases to it as k grows.
-- ``sample(n)``: decode z ~ N(0, I), then draw the pixels (``mean=True``: the decoder's mean).
+- ``sample(n)``: decode z ~ N(0, I), then draw the pixels (``mean=True``: the decoder's mean; for the
+  discretised logistic its location clamped to [-1, 1], off the 256 levels).
 """
 
 from __future__ import annotations
@@ -32,13 +39,15 @@ from zoo.common.utils import module_device, rand, randn
 
 LOG_2PI = math.log(2 * math.pi)
 LIKELIHOOD_DATA = {"bernoulli": tuple(name for name in DATASETS if is_image(name) and is_binary(name)),
-                   "gaussian": ("mnist-unit", "mnist-grey")}
+                   "gaussian": ("mnist-unit", "mnist-grey"), "discretised-logistic": ("mnist-grey",)}
+LEVELS = 256  # 8-bit grey data on x_k = 2k/255 - 1, k = 0..255 (zoo.common.data, view grey); bins 2/255 wide
+MIN_LOG_SCALE = -7.0  # PixelCNN++'s floor on the logistic's log-scale: s >= 9e-4, a ninth of a bin
 
 
 @dataclass(frozen=True)
 class Config:
-    data: str = "mnist-binary"  # binary views with bernoulli; mnist-unit / mnist-grey with gaussian
-    likelihood: str = "bernoulli"  # bernoulli | gaussian
+    data: str = "mnist-binary"  # binary views (bernoulli), mnist-unit / mnist-grey (gaussian), mnist-grey (discretised)
+    likelihood: str = "bernoulli"  # bernoulli | gaussian | discretised-logistic
     arch: str = "conv"  # conv | mlp (zoo/common/nets.py, VAE section)
     latent_dim: int = 32
     hidden: int = 256
@@ -82,10 +91,51 @@ def _per_example(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(1)  # (B,)
 
 
+def discretised_logistic_log_prob(x: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) elementwise, float64, for x on the 256 levels x_k = 2k/255 - 1 under
+    Logistic(loc, s = e^log_scale) integrated over the bin [x_k - 1/255, x_k + 1/255], the first bin
+    extended to -inf and the last to +inf (PixelCNN++, Salimans et al. 2017, eq. 2).
+
+    With a = (x_k - 1/255 - loc)/s and b = (x_k + 1/255 - loc)/s the mass is sigmoid(b) - sigmoid(a)
+    = sigmoid(b) sigmoid(-a) (1 - e^(a - b)), so
+        log P = -softplus(-b) - softplus(a) + log(-expm1(a - b)),
+    every term exact in float64 wherever loc and s lie (the bin in either tail, or s far below or
+    above the bin width): PixelCNN++'s mid-bin density fallback for tiny masses is not needed. The
+    edge bins put a = -inf (log P = log sigmoid(b)) or b = +inf (log P = log sigmoid(-a)). The edges
+    come from the level index k of x (float32 data are k/255 only to rounding), so that neighbouring
+    bins share their edge exactly and the 256 masses sum to 1.
+    """
+    loc, log_scale = (torch.as_tensor(v, dtype=torch.float64) for v in (loc, log_scale))
+    k = level_index(torch.as_tensor(x, dtype=torch.float64))
+    inv_s = torch.exp(-log_scale)
+    a = ((2 * k - 1) / (LEVELS - 1) - 1 - loc) * inv_s
+    b = ((2 * k + 1) / (LEVELS - 1) - 1 - loc) * inv_s
+    a = torch.where(k == 0, -math.inf, a)  # the first bin: (-inf, x_0 + 1/255]
+    b = torch.where(k == LEVELS - 1, math.inf, b)  # the last bin: [x_255 - 1/255, +inf)
+    return -_softplus(-b) - _softplus(a) + torch.log(-torch.expm1(a - b))
+
+
+def _softplus(v: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^v), exact for every v (F.softplus turns linear above 20, 2e-9 off in float64)."""
+    return torch.logaddexp(v, torch.zeros_like(v))
+
+
+def level_index(x: torch.Tensor) -> torch.Tensor:
+    """The index k = 0..255 of the bin [x_k - 1/255, x_k + 1/255] that x in [-inf, inf] falls in
+    (as a float of x's dtype); the edge bins reach to -inf and +inf."""
+    return torch.round((x + 1) * (LEVELS - 1) / 2).clamp(0, LEVELS - 1)
+
+
+def quantise(x: torch.Tensor) -> torch.Tensor:
+    """Values in [-inf, inf] to the level of their bin, x_k = 2k/255 - 1."""
+    return level_index(x) / (LEVELS - 1) * 2 - 1  # as the grey view computes it: equal to the data's values
+
+
 class Bernoulli(nn.Module):
     """p(x | z) = prod_j Bernoulli((x_j + 1)/2; sigmoid(logit_j)) on {-1, +1} pixels."""
 
     datasets = LIKELIHOOD_DATA["bernoulli"]
+    out_channels = 1  # decoder outputs per pixel: the logit
 
     def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         target = (x.double() + 1) / 2
@@ -102,6 +152,7 @@ class Gaussian(nn.Module):
     """p(x | z) = prod_j N(x_j; mean_j, sigma^2), one sigma (learned unless fixed)."""
 
     datasets = LIKELIHOOD_DATA["gaussian"]
+    out_channels = 1  # the mean
 
     def __init__(self, sigma: float | None):
         super().__init__()
@@ -119,14 +170,38 @@ class Gaussian(nn.Module):
         return out.float() + self.log_sigma.exp().detach() * eps
 
 
-LIKELIHOODS = {"bernoulli": lambda cfg: Bernoulli(), "gaussian": lambda cfg: Gaussian(cfg.gaussian_sigma)}
+class DiscretisedLogistic(nn.Module):
+    """p(x | z) = prod_j P(x_j; loc_j, s_j), the logistic mass of pixel j's 8-bit bin
+    (`discretised_logistic_log_prob`); the decoder's two channels are loc and log s."""
+
+    datasets = LIKELIHOOD_DATA["discretised-logistic"]
+    out_channels = 2  # loc, log-scale
+
+    @staticmethod
+    def loc_log_scale(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, log_scale = out.unbind(1)  # (B, 28, 28) each
+        return loc[:, None], log_scale[:, None].clamp(min=MIN_LOG_SCALE)  # (B, 1, 28, 28)
+
+    def log_prob(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return _per_example(discretised_logistic_log_prob(x, *self.loc_log_scale(out)))
+
+    def sample(self, out: torch.Tensor, generator: torch.Generator | None = None, mean: bool = False) -> torch.Tensor:
+        loc, log_scale = self.loc_log_scale(out.float())
+        if mean:
+            return loc.clamp(-1, 1)
+        u = rand(loc.shape, generator, loc.device)
+        return quantise(loc + log_scale.exp() * torch.logit(u))  # inverse logistic CDF, then its bin
+
+
+LIKELIHOODS = {"bernoulli": lambda cfg: Bernoulli(), "gaussian": lambda cfg: Gaussian(cfg.gaussian_sigma),
+               "discretised-logistic": lambda cfg: DiscretisedLogistic()}
 
 
 # --------------------------------------------------------------------------- the model
 
 
 class VAE(nn.Module):
-    """Gaussian encoder, Bernoulli or Gaussian decoder, standard normal prior."""
+    """Gaussian encoder, Bernoulli, Gaussian or discretised logistic decoder, standard normal prior."""
 
     NETWORK = "decoder"  # the submodule whose calls are network evaluations (NFE)
 
@@ -141,7 +216,7 @@ class VAE(nn.Module):
                              f"got {cfg.data!r}")
         kw = dict(arch=cfg.arch, latent_dim=cfg.latent_dim, hidden=cfg.hidden, channels=tuple(cfg.channels))
         self.encoder = VAEEncoder(**kw)
-        self.decoder = VAEDecoder(**kw)
+        self.decoder = VAEDecoder(**kw, out_channels=self.likelihood.out_channels)
 
     def _prior_z(self, shape, generator, device) -> torch.Tensor:
         return randn(shape, generator, device)
