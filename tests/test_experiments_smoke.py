@@ -48,7 +48,7 @@ def test_every_experiment_has_three_presets():
 
 
 ZOO_BOUNDS = {"gaussian": {"elbo", "ode"}, "gaussian_learned": {"elbo", "ode"}, "ve": {"ode"}, "binary": {"elbo"},
-              "absorbing": {"elbo"}, "gaussian_binary": {"elbo"}, "vae": {"elbo", "nll"}}
+              "absorbing": {"elbo"}, "gaussian_binary": {"elbo"}, "vae": {"elbo", "nll"}, "vae_grey": {"elbo", "nll"}}
 
 
 def test_zoo_table_smoke(fake_mnist, tmp_path):
@@ -67,13 +67,13 @@ def test_zoo_table_smoke(fake_mnist, tmp_path):
         assert set(row["likelihoods"]) == ZOO_BOUNDS[name], name
     # NFE by construction: DDIM steps, 1/dt, T, one decoder call
     assert {k: r["nfe"] for k, r in rows.items()} == {"gaussian": 5, "gaussian_learned": 5, "ve": 10, "binary": 5,
-                                                     "absorbing": 5, "gaussian_binary": 5, "vae": 1}
+                                                     "absorbing": 5, "gaussian_binary": 5, "vae": 1, "vae_grey": 1}
     assert rows["gaussian"]["params"] == rows["binary"]["params"]  # the same U-Net for both
     # bits/dim = nats / (784 ln 2) for every grey row, from the table's own numbers (likelihoods.csv)
     with open(tmp_path / "likelihoods.csv") as f:
         table = list(csv.DictReader(f))
     grey = [r for r in table if r["data"] == "mnist-grey"]
-    assert len(grey) == 5  # Gaussian ELBO and ODE (fixed, learned variance), VE ODE
+    assert len(grey) == 7  # Gaussian ELBO and ODE (fixed, learned variance), VE ODE, VAE ELBO and IWAE
     for r in grey:
         assert math.isclose(float(r["bits_per_dim"]), float(r["nats"]) / (784 * math.log(2)), rel_tol=1e-12), r
     # the ODE rows carry the dequantisation term -D log w explicitly: w = 2/255 on 8-bit data in [-1, 1]
@@ -89,8 +89,13 @@ def test_zoo_table_smoke(fake_mnist, tmp_path):
     assert rec["indices"] == [0, 4] and rec["protocol"] == "dynamic"
     assert rec["sha256"] == hashlib.sha256(x.contiguous().numpy().tobytes()).hexdigest()[:16]
     assert sum(1 for r in table if r["data"] == "mnist-binary-dynamic") == 5  # 4 ELBOs and the IWAE
+    # every grey row on the identical test images too, the VAE's as the diffusions' (a bits/dim row among them)
+    grey_images = {k: r["test_images"] for k, r in rows.items() if r["data"] == "mnist-grey"}
+    assert set(grey_images) == {"gaussian", "gaussian_learned", "ve", "vae_grey"}
+    assert len({str(sorted(rec.items())) for rec in grey_images.values()}) == 1
+    assert {r["kind"] for r in grey if r["entry"] == "vae_grey"} == {"elbo", "nll"}
     assert {r.get("model") for r in table if r.get("model")} >= {"IWAE (Burda et al. 2015)"}  # the anchors
     report = (tmp_path / "report.md").read_text()
     assert "Direct comparisons" in report and "84.78" in report and "none defined" not in report
-    assert len((tmp_path / "table.csv").read_text().splitlines()) == 8
+    assert len((tmp_path / "table.csv").read_text().splitlines()) == 9
     assert (tmp_path / "samples.png").exists() and not list(tmp_path.glob("*.ckpt"))
