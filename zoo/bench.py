@@ -115,3 +115,187 @@ def sampler_overhead(T: int = 1000, ddim_steps: int = 50, batch_size: int = 256,
         ddpm_s = timed(lambda: model.sample(batch_size, sampler="ddpm", x_T=x))
         out.update({f"ddpm{T}_s": ddpm_s, "ddpm_ratio": ddpm_s / (T * one)})
     return out
+
+
+# ---------------------------------------------------------------------- the U-Net step, with its speed options
+
+UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16")
+
+
+def _zoo_unet(channels, device: torch.device) -> nn.Module:
+    from zoo.gaussian.model import Config, GaussianDiffusion
+
+    return GaussianDiffusion(Config(data="mnist-grey", arch="unet", channels=tuple(channels), T=1000,
+                                    schedule="cosine", param="eps", loss="simple")).to(device)
+
+
+class _PeerLoss(nn.Module):
+    """diffusers' UNet2DModel under zoo's own forward process and simple loss: only the network differs."""
+
+    def __init__(self, channels, device: torch.device, process):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        n = len(channels)
+        self.net = UNet2DModel(sample_size=28, in_channels=1, out_channels=1, block_out_channels=tuple(channels),
+                               layers_per_block=1, down_block_types=("DownBlock2D",) * n,
+                               up_block_types=("UpBlock2D",) * n, norm_num_groups=8).to(device)
+        self.process = process
+
+    def loss(self, batch):
+        x0 = batch[0]
+        t = torch.randint(1, 1001, (x0.shape[0],), device=x0.device)
+        eps = torch.randn_like(x0)
+        x_t = self.process.q_sample(x0, t, eps)
+        return {"loss": ((self.net(x_t, t).sample - eps) ** 2).mean()}
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: int, repeats: int,
+               bf16: bool = False, compile: bool = False, channels_last: bool = False) -> dict:
+    """Training images/s of one fwd/bwd/Adam step of `model.loss` (best of `repeats` timed blocks of
+    `steps` steps, after a warm-up that includes any compilation), and the peak memory on CUDA."""
+    from zoo.common.trainer import _LossModule
+
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    step_fn = _LossModule(model)
+    t_compile = 0.0
+    if compile:
+        step_fn = torch.compile(step_fn)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True if device.type == "cuda" else None)
+    x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
+
+    def one() -> None:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = step_fn((x,))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(3):  # warm-up: cuDNN autotuning, allocator, compilation
+        one()
+    _sync(device)
+    t_compile = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            one()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else float("nan")
+    return {"img_per_s": steps * batch_size / best, "steps_per_s": steps / best, "warmup_s": t_compile,
+            "peak_mib": peak}
+
+
+def unet_training(channels=(32, 64, 128), batch_size: int = 128, steps: int = 30, device: str = "cpu",
+                  repeats: int = 2, variants=UNET_VARIANTS, peer: bool = True, on_row=None) -> list[dict]:
+    """Training throughput of the paper U-Net under each speed option, and of diffusers' UNet2DModel
+    at the same widths (if diffusers is installed; `pip install .[bench]`) with the same loss.
+    `on_row(row)` sees each row as soon as it is measured (`vs_eager`: against the first row)."""
+    dev = torch.device(device)
+    rows = []
+
+    def add(row: dict) -> None:
+        row.update(device=device, batch_size=batch_size, channels=tuple(channels))
+        row["vs_eager"] = row["img_per_s"] / (rows[0]["img_per_s"] if rows else row["img_per_s"])
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    for name in variants:
+        if name not in UNET_VARIANTS:
+            raise ValueError(f"unknown variant {name!r}; choose from {', '.join(UNET_VARIANTS)}")
+        torch.manual_seed(0)
+        model = _zoo_unet(channels, dev)
+        res = _step_rate(model, dev, batch_size, steps, repeats, bf16=name.endswith("bf16"),
+                         compile=name.startswith("compile"), channels_last=name == "channels-last")
+        add({"net": "zoo UNet", "variant": name, "params": _params(model.net), **res})
+    if peer:
+        try:
+            import diffusers  # noqa: F401
+        except ImportError:
+            peer = False
+    if peer:
+        process = _zoo_unet(channels, dev).process
+        for name in ("eager", "eager-bf16"):
+            torch.manual_seed(0)
+            model = _PeerLoss(channels, dev, process)
+            res = _step_rate(model, dev, batch_size, steps, repeats, bf16=name.endswith("bf16"))
+            add({"net": "diffusers UNet2DModel", "variant": name, "params": _params(model.net), **res})
+    return rows
+
+
+@torch.no_grad()
+def sampler_variants(T: int = 1000, ddim_steps: int = 50, batch_size: int = 1000, channels=(32, 64, 128),
+                     device: str = "cpu", repeats: int = 2, compile_mode: str | None = "default",
+                     peer: bool = True, on_row=None) -> list[dict]:
+    """DDIM-S and DDPM-T wall time of zoo's sampler (eager, and with the network compiled) and of
+    diffusers' DDIMScheduler / DDPMScheduler driving the same network; each against S (or T) x one
+    forward of the eager network."""
+    from zoo.gaussian.model import Config, GaussianDiffusion
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = GaussianDiffusion(Config(data="mnist-grey", channels=tuple(channels), T=T, schedule="cosine",
+                                     clip_x0=False)).to(dev).eval()
+    x = torch.randn(batch_size, 1, 28, 28, device=dev)
+    t_mid = torch.full((batch_size,), T // 2, dtype=torch.long, device=dev)
+
+    def timed(fn, n_calls: int = 1) -> float:
+        best = float("inf")
+        for r in range(repeats + 1):  # the first round warms up (and compiles)
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(n_calls):
+                fn()
+            _sync(dev)
+            if r > 0:
+                best = min(best, time.perf_counter() - t0)
+        return best / n_calls
+
+    one = timed(lambda: model.eps(x, t_mid), n_calls=10)
+    rows = []
+
+    def add(row: dict) -> None:
+        row.update(device=device, batch_size=batch_size, forward_s=one, ratio=row["seconds"] / (row["nfe"] * one))
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+
+    for sampler, nfe in (("ddim", ddim_steps), ("ddpm", T)):
+        s = timed(lambda: model.sample(batch_size, sampler=sampler, steps=nfe, x_T=x))
+        add({"impl": "zoo", "sampler": f"{sampler.upper()}-{nfe}", "seconds": s, "nfe": nfe})
+    if peer:
+        try:
+            from diffusers import DDIMScheduler, DDPMScheduler
+        except ImportError:
+            peer = False
+    if peer:
+        def run_peer(sched, nfe):
+            sched.set_timesteps(nfe)
+            xt = x.clone()
+            for tt in sched.timesteps:
+                tb = torch.full((batch_size,), int(tt) + 1, dtype=torch.long, device=dev)  # diffusers' 0..T-1 is zoo's 1..T
+                xt = sched.step(model.eps(xt, tb), tt, xt).prev_sample
+            return xt
+
+        kw = dict(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+        for sched, nfe in ((DDIMScheduler(**kw), ddim_steps), (DDPMScheduler(**kw), T)):
+            s = timed(lambda: run_peer(sched, nfe))
+            add({"impl": "diffusers", "sampler": f"{type(sched).__name__}-{nfe}", "seconds": s, "nfe": nfe})
+    if compile_mode:
+        model.net = torch.compile(model.net, mode=compile_mode)
+        for sampler, nfe in (("ddim", ddim_steps), ("ddpm", T)):
+            s = timed(lambda: model.sample(batch_size, sampler=sampler, steps=nfe, x_T=x))
+            add({"impl": f"zoo, net compiled ({compile_mode})", "sampler": f"{sampler.upper()}-{nfe}",
+                 "seconds": s, "nfe": nfe})
+    return rows

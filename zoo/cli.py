@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from zoo import ZooError
+from zoo.bench import UNET_VARIANTS
 
 PRESET_HELP = "smoke: seconds (tests); quick: minutes on 2 CPU cores; paper: the seed's settings (GPU hours)."
 
@@ -151,6 +153,81 @@ def bench_sampler(T: int, ddim_steps: int, batch_size: int, device: str, repeats
     click.echo(f"DDIM-{ddim_steps}     : {res[f'ddim{ddim_steps}_s']:.3f} s, ratio {res['ddim_ratio']:.3f} (wall / NFE forwards)")
     if not no_ddpm:
         click.echo(f"DDPM-{T}   : {res[f'ddpm{T}_s']:.3f} s, ratio {res['ddpm_ratio']:.3f} (wall / NFE forwards)")
+
+
+def _channels(value: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(c) for c in value.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise click.BadParameter(f"expected comma-separated positive widths like 32,64,128, got {value!r}")
+    return widths
+
+
+def _write_json(path: str | None, rows: list[dict]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(rows, indent=1, default=str) + "\n")
+
+
+@bench_cmd.command("unet")
+@click.option("--channels", default="32,64,128", show_default=True, help="U-Net widths per level.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Steps per timed block.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--variants", default=",".join(UNET_VARIANTS), show_default=True,
+              help="Comma-separated speed options to measure.")
+@click.option("--no-peer", is_flag=True, help="Skip diffusers' UNet2DModel (measured when diffusers is installed).")
+@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
+def bench_unet(channels, batch_size, steps, device, repeats, variants, no_peer, json_path) -> None:
+    """Training img/s of the Gaussian U-Net step under each speed option (eager, bf16, channels_last,
+    torch.compile) and of diffusers' UNet2DModel at the same widths, as ratios to eager fp32."""
+    from zoo.bench import unet_training
+
+    _check_device(device)
+    names = tuple(v for v in variants.split(",") if v)
+    unknown = set(names) - set(UNET_VARIANTS)
+    if unknown:
+        raise click.BadParameter(f"unknown variants {sorted(unknown)}; choose from {', '.join(UNET_VARIANTS)}")
+    click.echo(f"{'net':22s} {'variant':14s} {'params':>9s} {'img/s':>9s} {'x eager':>8s} {'warm-up s':>9s} {'peak MiB':>9s}")
+
+    def show(r: dict) -> None:
+        click.echo(f"{r['net']:22s} {r['variant']:14s} {r['params']:9d} {r['img_per_s']:9.0f} {r['vs_eager']:8.2f} "
+                   f"{r['warmup_s']:9.1f} {r['peak_mib']:9.0f}")
+
+    rows = unet_training(_channels(channels), batch_size, steps, device, repeats, names, peer=not no_peer, on_row=show)
+    _write_json(json_path, rows)
+
+
+@bench_cmd.command("sampling")
+@click.option("--channels", default="32,64,128", show_default=True, help="U-Net widths per level.")
+@click.option("--T", "T", type=click.IntRange(min=2), default=1000, show_default=True)
+@click.option("--ddim-steps", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--compile-mode", type=click.Choice(["none", "default", "reduce-overhead", "max-autotune"]),
+              default="default", show_default=True, help="Also time the samplers with the network compiled.")
+@click.option("--no-peer", is_flag=True, help="Skip diffusers' DDIMScheduler / DDPMScheduler.")
+@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
+def bench_sampling(channels, T, ddim_steps, batch_size, device, repeats, compile_mode, no_peer, json_path) -> None:
+    """DDIM-S and DDPM-T wall time: zoo's samplers (eager and compiled network) and diffusers'
+    schedulers driving the same network, each over NFE x one eager forward."""
+    from zoo.bench import sampler_variants
+
+    _check_device(device)
+    if ddim_steps > T:
+        raise click.BadParameter(f"--ddim-steps {ddim_steps} exceeds --T {T}")
+
+    def show(r: dict) -> None:
+        click.echo(f"{r['impl']:34s} {r['sampler']:20s} {r['seconds']:8.3f} s  ratio {r['ratio']:.3f} "
+                   f"(wall / NFE x one forward of {r['forward_s'] * 1e3:.2f} ms, batch {batch_size})")
+
+    rows = sampler_variants(T, ddim_steps, batch_size, _channels(channels), device, repeats,
+                            None if compile_mode == "none" else compile_mode, peer=not no_peer, on_row=show)
+    _write_json(json_path, rows)
 
 
 @cli.command("train")

@@ -71,6 +71,8 @@ class TrainConfig:
     grad_clip: float | None = 1.0  # max global grad norm, None disables
     device: str = "cpu"
     amp: bool = True  # bf16 autocast, on CUDA only
+    compile: bool = False  # torch.compile the loss (network and objective; `zoo bench unet` measures it)
+    channels_last: bool = False  # NHWC weights for the conv nets (cuDNN's fast layout on GPU)
     seed: int = 0
     log_every: int = 50  # steps between log.jsonl step lines
     val_every: int = 1  # epochs between validations (0: never)
@@ -219,6 +221,8 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         seed_everything(cfg.seed + self.rank)
         self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.train_data = _resident(tuple(train_data), self.device)
         self.val_data = tuple(val_data) if val_data is not None else None
         n = len(self.train_data[0]) // self.world
@@ -234,6 +238,8 @@ class Trainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = nn.parallel.DistributedDataParallel(self.wrapped, device_ids=ids)
+        if cfg.compile:  # the network and the objective as one graph; the optimiser and EMA stay eager
+            self.wrapped = torch.compile(self.wrapped)
         self.history: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         # The NaN/inf guard lives on the device: the first step whose loss was not finite (-1: none),

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One prepared session on a lent GPU (the `device` tool; never CI): the speed benchmarks alone on the
+# card first, then the paper presets and the CUDA smoke check side by side, all inside BUDGET seconds.
+#
+#   bash tools/gpu_session.sh OUT [BUDGET]            # on the GPU machine, from the repository root
+#   DRY=1 bash tools/gpu_session.sh /tmp/dry 900      # the same steps on this CPU, smoke-sized
+#
+# Brings its own data: .zoodata/mnist.npz.gz (+ classifier_stats/) becomes $ZOO_DATA, and wheels in
+# .whl/ (diffusers for the peer benchmark) are installed to /tmp/site. Everything lands in
+# OUT/results.tar.gz (checkpoints left out) and OUT/session.log; docs/results/gpu/ keeps what was read.
+set -u
+OUT=${1:?usage: gpu_session.sh OUT [BUDGET]}
+BUDGET=${2:-570}
+T0=$(date +%s)
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+R=/tmp/gpu-session
+rm -rf "$R"; mkdir -p "$R/bench" "$R/paper" "$OUT"
+LOG="$OUT/session.log"
+say() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$LOG"; }
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH=$PWD
+
+if [ -f .zoodata/mnist.npz.gz ]; then
+  mkdir -p /tmp/zd && gunzip -c .zoodata/mnist.npz.gz > /tmp/zd/mnist.npz && cp -r .zoodata/classifier_stats /tmp/zd/
+  export ZOO_DATA=/tmp/zd
+fi
+if [ -z "${DRY:-}" ] && ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PWD:/tmp/site
+fi
+PY=${PY:-python3}
+ZOO="$PY -m zoo.cli"
+if [ -n "${DRY:-}" ]; then DEV=cpu; PRESET=smoke; SMALL=8,16; BIG=8,16,32; BS=16; SB=32; T=20; DS=10
+else DEV=cuda; PRESET=paper; SMALL=32,64,128; BIG=64,128,256; BS=128; SB=500; T=1000; DS=50; fi
+say "start: $($PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name(0))' 2>&1)"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >> "$LOG" 2>&1
+
+# 1. Benchmarks, alone on the card (each capped; a cap hit leaves a partial log, never a hang).
+bench() { local name=$1 cap=$2; shift 2; say "bench $name (cap ${cap} s)"
+  timeout "$cap" $ZOO bench "$@" > "$R/bench/$name.txt" 2>&1; say "bench $name rc=$?"; tail -n 12 "$R/bench/$name.txt" >> "$LOG"; }
+bench unet-small 90 unet --device $DEV --channels $SMALL --batch-size $BS --variants eager,eager-bf16,channels-last,compile \
+  --json "$R/bench/unet-small.json"
+bench unet-big 35 unet --device $DEV --channels $BIG --batch-size $BS --variants eager,eager-bf16 \
+  --json "$R/bench/unet-big.json"
+bench sampling 75 sampling --device $DEV --channels $SMALL --T $T --ddim-steps $DS --batch-size $SB --repeats 1 \
+  --compile-mode reduce-overhead --json "$R/bench/sampling.json"
+bench trainer 30 trainer --device $DEV --batch-size $BS --steps 60 --repeats 2
+
+# 2. Paper presets and the smoke check side by side, each stopped 30 s before the budget ends.
+CAP=$(( $(left) - 30 ))
+preset() { local name=$1; shift
+  ( timeout "$CAP" $ZOO run "$name" --preset $PRESET --device $DEV --out "$R/paper/$name" "$@" > "$R/paper/$name.log" 2>&1
+    say "preset $name rc=$?" ) & }
+say "presets with a cap of $CAP s each"
+preset ddpm-vs-ddim
+preset ode-samplers
+# the seed's 60 epochs (StepLR every 20) scaled to 6 (every 2), mean against eps only: fits the window
+preset parameterisation --set params=mean,eps --set train.epochs=6 --set train.step_size=2
+# 30 epochs per model do not fit: 4 each (near the ddpm-vs-ddim budget, where the Gaussian makes digits)
+preset guidance --set train.gaussian.epochs=4 --set train.binary.epochs=4 --set train.absorbing.epochs=4
+( timeout "$CAP" $PY tools/gpu_check.py --device $DEV --smoke-only --out "$R/smoke" --summary "$R/gpu-check.md" \
+    --budget $(( CAP - 60 )) > "$R/smoke.log" 2>&1; say "smoke check rc=$?"
+  if [ -z "${DRY:-}" ]; then
+    timeout $(( $(left) - 20 )) $PY -m pytest -q -p no:cacheprovider tests -k cuda > "$R/pytest-cuda.log" 2>&1
+    say "pytest -k cuda rc=$?: $(tail -n 1 "$R/pytest-cuda.log")"; fi ) &
+wait
+rm -f "$R"/paper/*/*.ckpt "$R"/smoke/*/*.ckpt
+tar czf "$OUT/results.tar.gz" -C "$R" .
+say "done: $(du -sh "$OUT/results.tar.gz" | cut -f1)"
