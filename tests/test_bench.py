@@ -22,6 +22,12 @@ def test_bench_unet_rows(capsys, tmp_path):
     assert rows[0]["vs_eager"] == 1.0 and "channels-last" in out
 
 
+def test_cli_lists_every_variant():
+    from zoo import bench, cli
+
+    assert cli.UNET_VARIANTS == bench.UNET_VARIANTS
+
+
 def test_bench_unet_unknown_variant(capsys):
     from zoo.cli import main
 

@@ -24,9 +24,9 @@ class Tree:
 
 def test_dotted_overrides_are_typed():
     cfg = apply_overrides(Tree(), ["train.lr=1e-3", "model.channels=16,32", "eval.n_samples=100", "n_train=none",
-                                   "model.rho_lr=0.5", "train.grad_clip=None", "train.amp=false"])
+                                   "model.rho_lr=0.5", "train.grad_clip=None", "train.amp=true"])
     assert cfg.train.lr == 1e-3 and cfg.model.channels == (16, 32) and cfg.eval.n_samples == 100
-    assert cfg.n_train is None and cfg.model.rho_lr == 0.5 and cfg.train.grad_clip is None and cfg.train.amp is False
+    assert cfg.n_train is None and cfg.model.rho_lr == 0.5 and cfg.train.grad_clip is None and cfg.train.amp is True
     assert Tree().train.lr == TrainConfig().lr  # the preset itself is untouched
 
 

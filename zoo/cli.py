@@ -15,8 +15,9 @@ from pathlib import Path
 import click
 
 from zoo import ZooError
-from zoo.bench import UNET_VARIANTS
 
+# zoo.bench.UNET_VARIANTS, spelled out so that `zoo --help` does not import torch (tests/test_bench.py).
+UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16")
 PRESET_HELP = "smoke: seconds (tests); quick: minutes on 2 CPU cores; paper: the seed's settings (GPU hours)."
 
 

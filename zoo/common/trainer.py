@@ -70,9 +70,13 @@ class TrainConfig:
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n)/(10 + n)) after n updates (SPEC 11)
     grad_clip: float | None = 1.0  # max global grad norm, None disables
     device: str = "cpu"
-    amp: bool = True  # bf16 autocast, on CUDA only
-    compile: bool = False  # torch.compile the loss (network and objective; `zoo bench unet` measures it)
-    channels_last: bool = False  # NHWC weights for the conv nets (cuDNN's fast layout on GPU)
+    # Speed options, defaults from `zoo bench unet` (docs/benchmarks.md; one H100, paper U-Nets, batch 128):
+    # bf16 gave 1.05x (2.5 M params) and 0.77x (9.1 M): these nets are launch-bound, so off by default;
+    # torch.compile gave 1.07x after a 55 s compile (0.94x on 2 CPU cores): off; NHWC gave 1.24x on
+    # CUDA and 0.84x on CPU: on for CUDA only (None), True / False force it.
+    amp: bool = False  # bf16 autocast, on CUDA only
+    compile: bool = False  # torch.compile the loss (network and objective together)
+    channels_last: bool | None = None  # NHWC conv weights; None: on CUDA, off on CPU
     seed: int = 0
     log_every: int = 50  # steps between log.jsonl step lines
     val_every: int = 1  # epochs between validations (0: never)
@@ -99,6 +103,8 @@ class TrainConfig:
         check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         check(self.val_every >= 0, f"train.val_every must be >= 0, got {self.val_every}")
         check(self.ckpt_every >= 0, f"train.ckpt_every must be >= 0, got {self.ckpt_every}")
+        check(self.channels_last in (None, True, False),
+              f"train.channels_last must be None (CUDA only), true or false, got {self.channels_last!r}")
 
     def epochs_for(self, steps_per_epoch: int) -> int:
         """Epochs to run: `epochs`, or with a step budget as many as the budget needs."""
@@ -221,7 +227,7 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         seed_everything(cfg.seed + self.rank)
         self.model = model.to(self.device)
-        if cfg.channels_last:
+        if cfg.channels_last or (cfg.channels_last is None and self.device.type == "cuda"):
             self.model.to(memory_format=torch.channels_last)
         self.train_data = _resident(tuple(train_data), self.device)
         self.val_data = tuple(val_data) if val_data is not None else None
