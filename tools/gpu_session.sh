@@ -5,8 +5,10 @@
 #   bash tools/gpu_session.sh OUT [BUDGET]            # on the GPU machine, from the repository root
 #   DRY=1 bash tools/gpu_session.sh /tmp/dry 900      # the same steps on this CPU, smoke-sized
 #
-# Brings its own data: .zoodata/mnist.npz.gz (+ classifier_stats/) becomes $ZOO_DATA, and wheels in
-# .whl/ (diffusers for the peer benchmark) are installed to /tmp/site. Everything lands in
+# Brings its own data: .zoodata/mnist.npz.gz (+ classifier_stats/) becomes $ZOO_DATA, and the wheels
+# in .whl/ go to /tmp/site: diffusers 0.42.1 and importlib_metadata only, for the peer benchmark (the
+# machine's own huggingface_hub 1.33 fits; a carried huggingface_hub 2.x fails there without httpx2).
+# Both are git-ignored folders: name them in the device tool's `carry`. Everything lands in
 # OUT/results.tar.gz (checkpoints left out) and OUT/session.log; docs/results/gpu/ keeps what was read.
 set -u
 OUT=${1:?usage: gpu_session.sh OUT [BUDGET]}
