@@ -30,6 +30,7 @@ class OdeSamplersConfig(MicroUnetRun):
     steps: tuple[int, ...] = (5, 10, 20, 50, 100)
     spacings: tuple[str, ...] = tuple(SPACINGS)  # every method and step count in each of these step grids
     grid_steps: tuple[int, ...] = (5, 10, 20)  # step counts shown as 4x4 grids
+    digits: float = 10.0  # tested only where both methods make digits: best classifier FID below this (issue 14)
 
     def __post_init__(self):
         check(len(self.spacings) > 0 and set(self.spacings) <= set(SPACINGS),
@@ -114,7 +115,9 @@ def run(cfg: OdeSamplersConfig, ctx: RunContext) -> Result:
     equal_steps, equal_nfe = _comparisons(cfg, rows)
     heun_wins = sum(r["heun_fid"] < r["euler_fid"] for r in equal_steps)
     heun_wins_nfe = sum(r["heun_fid"] < r["euler_fid"] for r in equal_nfe)
-    reproduced = heun_wins > len(equal_steps) / 2
+    best = {m: min(r["classifier_fid"] for r in rows if r["method"] == m) for m in ODE_METHODS}
+    tested = max(best.values()) < cfg.digits  # both methods make digits at their best step count
+    reproduced = heun_wins > len(equal_steps) / 2 if tested else None
     table = markdown_table(rows, ["method", "spacing", "steps", "nfe", "seconds", "classifier_fid", "pixel_fid",
                                   "total_variation"])
     body = [f"{trainer.step} training steps in {trainer.train_seconds:.0f} s. The probability-flow ODE "
@@ -133,13 +136,18 @@ def run(cfg: OdeSamplersConfig, ctx: RunContext) -> Result:
                f"step count) pairs ({', '.join(f'{sp} {w} of {len(cfg.steps)}' for sp, w in wins_by.items())}) and "
                f"the lower total variation in {sum(r['heun_tv'] < r['euler_tv'] for r in equal_steps)} of "
                f"{len(equal_steps)}; at about equal cost Heun has the lower classifier FID in {heun_wins_nfe} of "
-               f"{len(equal_nfe)} pairs.")
-    v = verdict(reproduced, "Heun better (lower classifier FID) at a majority of the (spacing, step count) pairs",
+               f"{len(equal_nfe)} pairs."
+               + ("" if tested else
+                  f" But the best classifier FIDs ({', '.join(f'{m} {f:.1f}' for m, f in best.items())}) are not all "
+                  f"below {cfg.digits:g}: at this budget ({trainer.step} steps) not every compared sampler makes "
+                  f"digits, so the claim is not tested (the `paper` preset is the budget that can test it)."))
+    v = verdict(reproduced, f"both methods make digits (best classifier FID < {cfg.digits:g}) and Heun is better "
+                "(lower classifier FID) at a majority of the (spacing, step count) pairs",
                 heun_wins=heun_wins, pairs=len(equal_steps), **{f"heun_wins_{sp}": w for sp, w in wins_by.items()})
     metrics = {"samplers": {f"{r['method']}-{r['steps']}-{r['spacing']}": r for r in rows}, "equal_steps": equal_steps,
                "equal_nfe": equal_nfe, "real_data_floor": floor, "heun_wins": heun_wins,
                "heun_wins_equal_nfe": heun_wins_nfe, "train_steps": trainer.step,
-               "train_seconds": trainer.train_seconds, "reproduced": reproduced}
+               "train_seconds": trainer.train_seconds, "best_classifier_fid": best, "reproduced": reproduced}
     return Result(metrics, Report("Probability-flow ODE: Euler vs Heun in three step grids", CLAIM, body, finding, v))
 
 

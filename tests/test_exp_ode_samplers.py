@@ -53,7 +53,9 @@ def test_ode_samplers_smoke(fake_mnist, tmp_path):
                                "euler_nfe": 6, "euler_fid": samplers[f"euler-6-{sp}"]["classifier_fid"]}
                               for sp in SPACINGS]
     wins = sum(r["heun_fid"] < r["euler_fid"] for r in m["equal_steps"])
-    assert m["heun_wins"] == wins and m["reproduced"] == (wins > 3)
+    tested = max(m["best_classifier_fid"].values()) < PRESETS["smoke"].digits  # both make digits
+    assert m["heun_wins"] == wins and m["reproduced"] == ((wins > 3) if tested else None)
+    assert not tested  # 2 training steps make no digits: the verdict must say "not tested"
     assert "| trailing |" in (tmp_path / "report.md").read_text()
 
 
