@@ -95,7 +95,14 @@ def test_zoo_table_smoke(fake_mnist, tmp_path):
     assert len({str(sorted(rec.items())) for rec in grey_images.values()}) == 1
     assert {r["kind"] for r in grey if r["entry"] == "vae_grey"} == {"elbo", "nll"}
     assert {r.get("model") for r in table if r.get("model")} >= {"IWAE (Burda et al. 2015)"}  # the anchors
+    # sharpness (seed 004, VAE (d)): total variation of the VAE's means and of the real digits, recomputed
+    from zoo.common.metrics import total_variation
+
+    sharp, real = m["sharpness"], load_dataset("mnist-grey", "test", limit=100)[0]
+    assert sharp["real"] == pytest.approx(float(total_variation((real + 1) / 2).mean()), rel=1e-6)
+    assert sharp["vae_means"] == rows["vae_grey"]["total_variation_mean"] != rows["vae_grey"]["total_variation"]
+    assert sharp["vae_blurrier"] == (sharp["vae_means"] < rows["gaussian"]["total_variation"])
     report = (tmp_path / "report.md").read_text()
-    assert "Direct comparisons" in report and "84.78" in report and "none defined" not in report
+    assert "**Sharpness**" in report and "Direct comparisons" in report and "84.78" in report and "none defined" not in report
     assert len((tmp_path / "table.csv").read_text().splitlines()) == 9
     assert (tmp_path / "samples.png").exists() and not list(tmp_path.glob("*.ckpt"))
