@@ -61,3 +61,29 @@ def test_channels_last_trains_the_same_model():
     (loss_a, w_a, w0), (loss_b, w_b, _) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-4)
     assert (w_a - w_b).abs().max() < 0.05 * (w_a - w0).abs().max()  # 16 Adam steps moved every weight
+
+
+def test_thread_policy():
+    from zoo.common.threads import apply_policy, choose_threads
+
+    assert [choose_threads(2, load) for load in (0.0, 0.4, 0.6, 1.2, 1.6, 5.0)] == [2, 2, 1, 1, 1, 1]
+    assert [choose_threads(8, load) for load in (0.0, 2.0, 7.6)] == [8, 6, 1]
+    idle, busy, user = {}, {}, {"OMP_NUM_THREADS": "3"}
+    assert apply_policy(idle, cpus=2, load=0.1) == {"OMP_NUM_THREADS": "2"} and "OMP_WAIT_POLICY" not in idle
+    assert apply_policy(busy, cpus=4, load=2.0) == {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert apply_policy(user, cpus=2, load=3.0) == {} and user == {"OMP_NUM_THREADS": "3"}  # the user's wins
+
+
+def test_cli_sets_threads_before_torch():
+    """`zoo` in a fresh process on a loaded 2-core view: the policy's thread count reaches torch."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.getloadavg = lambda: (5.0, 5.0, 5.0); os.sched_getaffinity = lambda pid: {0, 1}; "
+            "sys.argv = ['zoo', 'list']; from zoo.cli import main\n"
+            "try: main()\nexcept SystemExit: pass\n"
+            "import torch; print('threads', torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert "threads 1 PASSIVE" in out

@@ -231,6 +231,25 @@ def bench_sampling(channels, T, ddim_steps, batch_size, device, repeats, compile
     _write_json(json_path, rows)
 
 
+@bench_cmd.command("threads")
+@click.option("--steps", type=click.IntRange(min=5), default=20, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=10), default=240.0, show_default=True,
+              help="Seconds a single measurement may take.")
+@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
+def bench_threads(steps: int, timeout: float, json_path) -> None:
+    """CPU thread settings, alone and beside a competing training job (measure on an otherwise idle machine)."""
+    from zoo.bench import thread_policies
+
+    def show(r: dict) -> None:
+        rate = f"{r['steps_per_s']:.2f} steps/s" if r["steps_per_s"] else f"over {r['timeout_s']:.0f} s"
+        click.echo(f"{r['situation']:24s} {r['setting']:36s} {rate}")
+
+    rows = thread_policies(steps, timeout, on_row=show)
+    click.echo(f"zoo's policy (zoo/common/threads.py): {rows[0]['policy_threads']} thread(s) alone, "
+               f"{rows[-1]['policy_threads']} beside one busy job")
+    _write_json(json_path, rows)
+
+
 @cli.command("train")
 @click.argument("formulation")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A field of the formulation's Config.")
@@ -375,7 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     diverged run, busy run directory, full disk, other OS errors), 130 interrupted (Ctrl-C).
     """
     from zoo.common.config import UsageError
+    from zoo.common.threads import apply_policy_if_torch_not_loaded
 
+    apply_policy_if_torch_not_loaded()  # threads from the machine's load, before torch starts its pool
     _Debug.enabled = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         cli.main(args=argv, prog_name="zoo", standalone_mode=False)

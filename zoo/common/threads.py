@@ -1,0 +1,48 @@
+"""The CPU thread policy of the `zoo` command (issue 13, part 4), applied before torch is imported.
+
+torch's CPU kernels run on an OpenMP pool of one thread per core whose idle threads spin
+(busy-wait) between parallel regions. Alone on a machine that is fastest; beside another job on
+the same few cores the spinning threads and the other job's threads take turns on every core and
+a run slows 5-100x (`zoo bench threads` measures it). The policy:
+
+- ``OMP_NUM_THREADS`` = the cores that the 1-minute load average leaves free, at least one;
+- ``OMP_WAIT_POLICY=PASSIVE`` only when that leaves fewer threads than cores (the machine is shared),
+  so that idle threads sleep instead of spinning;
+- a variable the user has set is never changed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def choose_threads(cpus: int, load: float) -> int:
+    """Intra-op threads for `cpus` cores under a run-queue `load`: the free cores, at least one."""
+    return max(1, min(cpus, cpus - int(load + 0.5)))
+
+
+def apply_policy(environ=None, cpus: int | None = None, load: float | None = None) -> dict[str, str]:
+    """Set OMP_NUM_THREADS (and OMP_WAIT_POLICY when shared) in `environ` unless already set; returns
+    what was set. Has an effect on torch only before torch is first imported (the CLI's entry point)."""
+    environ = os.environ if environ is None else environ
+    if "OMP_NUM_THREADS" in environ:
+        return {}
+    cpus = usable_cpus() if cpus is None else cpus
+    load = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0) if load is None else load
+    threads = choose_threads(cpus, load)
+    chosen = {"OMP_NUM_THREADS": str(threads)}
+    if threads < cpus and "OMP_WAIT_POLICY" not in environ:
+        chosen["OMP_WAIT_POLICY"] = "PASSIVE"
+    environ.update(chosen)
+    return chosen
+
+
+def apply_policy_if_torch_not_loaded() -> dict[str, str]:
+    """The entry point's call: a no-op once torch is imported (its pool is then fixed)."""
+    return {} if "torch" in sys.modules else apply_policy()
