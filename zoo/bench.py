@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -221,8 +222,9 @@ def unet_training(channels=(32, 64, 128), batch_size: int = 128, steps: int = 30
         add({"net": "zoo UNet", "variant": name, "params": _params(model.net), **res})
     if peer:
         try:
-            import diffusers  # noqa: F401
-        except ImportError:
+            from diffusers import UNet2DModel  # noqa: F401
+        except Exception as e:  # absent, or broken by its own dependencies: say so, measure the rest
+            warnings.warn(f"diffusers peer skipped: {type(e).__name__}: {e}")
             peer = False
     if peer:
         process = _zoo_unet(channels, dev).process
@@ -277,7 +279,8 @@ def sampler_variants(T: int = 1000, ddim_steps: int = 50, batch_size: int = 1000
     if peer:
         try:
             from diffusers import DDIMScheduler, DDPMScheduler
-        except ImportError:
+        except Exception as e:
+            warnings.warn(f"diffusers peer skipped: {type(e).__name__}: {e}")
             peer = False
     if peer:
         def run_peer(sched, nfe):
