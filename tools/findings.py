@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Refresh README.md's findings table from the committed results (`python3 tools/findings.py`).
+
+Reads docs/results/NAME/ (quick presets, this 2-core CPU) and docs/results/paper/NAME/ (paper
+budgets, on the machine each config.json names): each metrics.json's verdict and each config.json's
+budget, and writes the table between the `<!-- findings -->` markers of README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+MACHINES = {"cuda": "one H100", "cpu": "2-core CPU"}
+
+
+def _budgets(train: dict) -> list[str]:
+    """'N epochs' or 'N steps', with the batch, of every TrainConfig in a config's `train` tree."""
+    if "batch_size" in train:
+        size = f"{train['steps']} steps" if train.get("steps") else f"{train['epochs']} epochs"
+        return [f"{size}, batch {train['batch_size']}"]
+    return [b for v in train.values() if isinstance(v, dict) for b in _budgets(v)]
+
+
+def budget(run: Path) -> str:
+    cfg = json.loads((run / "config.json").read_text())
+    parts = sorted(set(_budgets(cfg["config"].get("train", {})))) or ["no training"]
+    where = MACHINES.get(cfg.get("device"), cfg.get("device", "?"))
+    return f"{' / '.join(parts)} ({where})"
+
+
+def cell(run: Path) -> str:
+    if not (run / "metrics.json").exists():
+        return "not run"
+    v = json.loads((run / "metrics.json").read_text()).get("verdict") or {}
+    rel = run.relative_to(ROOT)
+    return f"[**{v.get('reproduced', '?')}**]({rel}/report.md), {budget(run)}"
+
+
+def table() -> str:
+    sys.path.insert(0, str(ROOT))
+    from experiments import REGISTRY
+
+    lines = ["| experiment | quick preset | paper budget | criterion, as written in the experiment |",
+             "|---|---|---|---|"]
+    for exp in sorted(REGISTRY.values(), key=lambda e: e.order):
+        quick, paper = RESULTS / exp.name, RESULTS / "paper" / exp.name
+        source = paper if (paper / "metrics.json").exists() else quick
+        crit = (json.loads((source / "metrics.json").read_text()).get("verdict") or {}).get("criterion", "") \
+            if (source / "metrics.json").exists() else ""
+        lines.append(f"| {exp.name} | {cell(quick)} | {cell(paper)} | {crit.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- findings -->\n", "<!-- /findings -->"
+    if start not in text or end not in text:
+        print("README.md lacks the <!-- findings --> markers", file=sys.stderr)
+        return 1
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + table() + "\n" + end + rest.split(end, 1)[1])
+    print("README.md findings table refreshed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
