@@ -8,7 +8,10 @@
 # Brings its own data: .zoodata/mnist.npz.gz (+ classifier_stats/) becomes $ZOO_DATA, and the wheels
 # in .whl/ go to /tmp/site: diffusers 0.42.1 and importlib_metadata only, for the peer benchmark (the
 # machine's own huggingface_hub 1.33 fits; a carried huggingface_hub 2.x fails there without httpx2).
-# Both are git-ignored folders: name them in the device tool's `carry`. Everything lands in
+# Both are git-ignored folders (name them in the device tool's `carry`); prepare them here with
+#   mkdir -p .zoodata && gzip -c ~/.cache/zoo/mnist.npz > .zoodata/mnist.npz.gz \
+#     && cp -r ~/.cache/zoo/classifier_stats .zoodata/
+#   pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata Everything lands in
 # OUT/results.tar.gz (checkpoints left out) and OUT/session.log; docs/results/gpu/ keeps what was read.
 set -u
 OUT=${1:?usage: gpu_session.sh OUT [BUDGET]}
