@@ -11,8 +11,8 @@
 # Both are git-ignored folders (name them in the device tool's `carry`); prepare them here with
 #   mkdir -p .zoodata && gzip -c ~/.cache/zoo/mnist.npz > .zoodata/mnist.npz.gz \
 #     && cp -r ~/.cache/zoo/classifier_stats .zoodata/
-#   pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata Everything lands in
-# OUT/results.tar.gz (checkpoints left out) and OUT/session.log; docs/results/gpu/ keeps what was read.
+#   pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata
+# Everything lands in OUT/results.tar.gz (checkpoints left out) and OUT/session.log.
 set -u
 OUT=${1:?usage: gpu_session.sh OUT [BUDGET]}
 BUDGET=${2:-570}
