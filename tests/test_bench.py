@@ -74,14 +74,32 @@ def test_thread_policy():
     assert apply_policy(user, cpus=2, load=3.0) == {} and user == {"OMP_NUM_THREADS": "3"}  # the user's wins
 
 
+def test_busy_cores_sees_a_busy_core():
+    """A spinning child process shows up as about one busy core (of the /proc/stat measurement)."""
+    import subprocess
+    import sys
+
+    from zoo.common.threads import busy_cores
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        assert busy_cores(0.5) > 0.7
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def test_cli_sets_threads_before_torch():
     """`zoo` in a fresh process on a loaded 2-core view: the policy's thread count reaches torch."""
     import os
     import subprocess
     import sys
 
-    code = ("import os, sys; os.getloadavg = lambda: (5.0, 5.0, 5.0); os.sched_getaffinity = lambda pid: {0, 1}; "
-            "sys.argv = ['zoo', 'list']; from zoo.cli import main\n"
+    code = ("import os, sys; import zoo.common.threads as t; t.busy_cores = lambda: 1.7; "
+            "os.sched_getaffinity = lambda pid: {0, 1}; sys.argv = ['zoo', 'list']; from zoo.cli import main\n"
             "try: main()\nexcept SystemExit: pass\n"
             "import torch; print('threads', torch.get_num_threads(), os.environ['OMP_WAIT_POLICY'])")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}

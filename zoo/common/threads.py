@@ -5,7 +5,8 @@ torch's CPU kernels run on an OpenMP pool of one thread per core whose idle thre
 the same few cores the spinning threads and the other job's threads take turns on every core and
 a run slows 5-100x (`zoo bench threads` measures it). The policy:
 
-- ``OMP_NUM_THREADS`` = the cores that the 1-minute load average leaves free, at least one;
+- ``OMP_NUM_THREADS`` = the cores that other work leaves free right now, at least one (the busy
+  share of all cores over 0.2 s from /proc/stat; the 1-minute load average where there is none);
 - ``OMP_WAIT_POLICY=PASSIVE`` only when that leaves fewer threads than cores (the machine is shared),
   so that idle threads sleep instead of spinning;
 - a variable the user has set is never changed.
@@ -15,11 +16,32 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 
 def usable_cpus() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat's first line."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def busy_cores(interval: float = 0.2) -> float:
+    """How many cores other work keeps busy now: the busy share over `interval` s x the core count
+    (Linux); elsewhere the 1-minute load average."""
+    try:
+        b0, t0 = _cpu_times()
+        time.sleep(interval)
+        b1, t1 = _cpu_times()
+        return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
 
 def choose_threads(cpus: int, load: float) -> int:
@@ -34,7 +56,7 @@ def apply_policy(environ=None, cpus: int | None = None, load: float | None = Non
     if "OMP_NUM_THREADS" in environ:
         return {}
     cpus = usable_cpus() if cpus is None else cpus
-    load = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0) if load is None else load
+    load = busy_cores() if load is None else load
     threads = choose_threads(cpus, load)
     chosen = {"OMP_NUM_THREADS": str(threads)}
     if threads < cpus and "OMP_WAIT_POLICY" not in environ:
