@@ -68,10 +68,10 @@ def test_thread_policy():
 
     assert [choose_threads(2, load) for load in (0.0, 0.4, 0.6, 1.2, 1.6, 5.0)] == [2, 2, 1, 1, 1, 1]
     assert [choose_threads(8, load) for load in (0.0, 2.0, 7.6)] == [8, 6, 1]
-    idle, busy, user = {}, {}, {"OMP_NUM_THREADS": "3"}
-    assert apply_policy(idle, cpus=2, load=0.1) == {"OMP_NUM_THREADS": "2"} and "OMP_WAIT_POLICY" not in idle
+    idle, busy, user = {}, {}, {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
+    assert apply_policy(idle, cpus=2, load=0.1) == {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"} == idle
     assert apply_policy(busy, cpus=4, load=2.0) == {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
-    assert apply_policy(user, cpus=2, load=3.0) == {} and user == {"OMP_NUM_THREADS": "3"}  # the user's wins
+    assert apply_policy(user, cpus=2, load=3.0) == {} and user == {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
 
 
 def test_busy_cores_sees_a_busy_core():

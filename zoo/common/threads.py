@@ -7,8 +7,9 @@ a run slows 5-100x (`zoo bench threads` measures it). The policy:
 
 - ``OMP_NUM_THREADS`` = the cores that other work leaves free right now, at least one (the busy
   share of all cores over 0.2 s from /proc/stat; the 1-minute load average where there is none);
-- ``OMP_WAIT_POLICY=PASSIVE`` only when that leaves fewer threads than cores (the machine is shared),
-  so that idle threads sleep instead of spinning;
+- ``OMP_WAIT_POLICY=PASSIVE`` always, so that idle threads sleep instead of spinning: it cost nothing
+  alone and kept a run at 1.84 instead of 1.10 steps/s once another job shared the cores
+  (`zoo bench threads`, 2-core CPU, docs/benchmarks.md);
 - a variable the user has set is never changed.
 """
 
@@ -50,16 +51,14 @@ def choose_threads(cpus: int, load: float) -> int:
 
 
 def apply_policy(environ=None, cpus: int | None = None, load: float | None = None) -> dict[str, str]:
-    """Set OMP_NUM_THREADS (and OMP_WAIT_POLICY when shared) in `environ` unless already set; returns
+    """Set OMP_NUM_THREADS and OMP_WAIT_POLICY in `environ`, each unless already set; returns
     what was set. Has an effect on torch only before torch is first imported (the CLI's entry point)."""
     environ = os.environ if environ is None else environ
-    if "OMP_NUM_THREADS" in environ:
-        return {}
-    cpus = usable_cpus() if cpus is None else cpus
-    load = busy_cores() if load is None else load
-    threads = choose_threads(cpus, load)
-    chosen = {"OMP_NUM_THREADS": str(threads)}
-    if threads < cpus and "OMP_WAIT_POLICY" not in environ:
+    chosen = {}
+    if "OMP_NUM_THREADS" not in environ:
+        cpus = usable_cpus() if cpus is None else cpus
+        chosen["OMP_NUM_THREADS"] = str(choose_threads(cpus, busy_cores() if load is None else load))
+    if "OMP_WAIT_POLICY" not in environ:
         chosen["OMP_WAIT_POLICY"] = "PASSIVE"
     environ.update(chosen)
     return chosen
