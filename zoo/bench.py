@@ -77,6 +77,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _best_time(fn, device: torch.device, repeats: int, n_calls: int = 1) -> float:
+    """Seconds per call of `fn`: best of `repeats` timed rounds of `n_calls` calls, after one
+    discarded round that warms up caches, the allocator and any compilation."""
+    best = float("inf")
+    for r in range(repeats + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(n_calls):
+            fn()
+        _sync(device)
+        if r > 0:
+            best = min(best, time.perf_counter() - t0)
+    return best / n_calls
+
+
 @torch.no_grad()
 def sampler_overhead(T: int = 1000, ddim_steps: int = 50, batch_size: int = 256, channels=(32, 64),
                      device: str = "cpu", repeats: int = 3, ddpm: bool = True) -> dict:
@@ -97,16 +112,7 @@ def sampler_overhead(T: int = 1000, ddim_steps: int = 50, batch_size: int = 256,
         model.eps(x, t)
 
     def timed(fn, n_calls: int = 1) -> float:
-        best = float("inf")
-        for r in range(repeats + 1):
-            _sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(n_calls):
-                fn()
-            _sync(dev)
-            if r > 0:
-                best = min(best, time.perf_counter() - t0)
-        return best / n_calls
+        return _best_time(fn, dev, repeats, n_calls)
 
     one = timed(forward, n_calls=10)
     ddim_s = timed(lambda: model.sample(batch_size, sampler="ddim", steps=ddim_steps, x_T=x))
@@ -253,16 +259,7 @@ def sampler_variants(T: int = 1000, ddim_steps: int = 50, batch_size: int = 1000
     t_mid = torch.full((batch_size,), T // 2, dtype=torch.long, device=dev)
 
     def timed(fn, n_calls: int = 1) -> float:
-        best = float("inf")
-        for r in range(repeats + 1):  # the first round warms up (and compiles)
-            _sync(dev)
-            t0 = time.perf_counter()
-            for _ in range(n_calls):
-                fn()
-            _sync(dev)
-            if r > 0:
-                best = min(best, time.perf_counter() - t0)
-        return best / n_calls
+        return _best_time(fn, dev, repeats, n_calls)
 
     one = timed(lambda: model.eps(x, t_mid), n_calls=10)
     rows = []
