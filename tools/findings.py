@@ -20,7 +20,8 @@ MACHINES = {"cuda": "one H100", "cpu": "2-core CPU"}
 def _budgets(train: dict) -> list[str]:
     """'N epochs' or 'N steps', with the batch, of every TrainConfig in a config's `train` tree."""
     if "batch_size" in train:
-        size = f"{train['steps']} steps" if train.get("steps") else f"{train['epochs']} epochs"
+        n, unit = (train["steps"], "step") if train.get("steps") else (train["epochs"], "epoch")
+        size = f"{n} {unit}{'s' if n != 1 else ''}"
         return [f"{size}, batch {train['batch_size']}"]
     return [b for v in train.values() if isinstance(v, dict) for b in _budgets(v)]
 
