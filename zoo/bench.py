@@ -8,6 +8,7 @@ import warnings
 import torch
 from torch import nn
 
+from zoo.common.config import UsageError
 from zoo.common.nets import UNet, UNetConfig
 from zoo.common.trainer import TrainConfig, Trainer
 from zoo.common.utils import append_dims
@@ -77,17 +78,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _best_time(fn, device: torch.device, repeats: int, n_calls: int = 1) -> float:
-    """Seconds per call of `fn`: best of `repeats` timed rounds of `n_calls` calls, after one
-    discarded round that warms up caches, the allocator and any compilation."""
+def _best_time(fn, device: torch.device, repeats: int, n_calls: int = 1, warmup: bool = True) -> float:
+    """Seconds per call of `fn`: best of `repeats` timed rounds of `n_calls` calls, after (with
+    `warmup`) one discarded round that warms up caches, the allocator and any compilation."""
     best = float("inf")
-    for r in range(repeats + 1):
+    for r in range(repeats + int(warmup)):
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(n_calls):
             fn()
         _sync(device)
-        if r > 0:
+        if r >= int(warmup):
             best = min(best, time.perf_counter() - t0)
     return best / n_calls
 
@@ -169,10 +170,7 @@ def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: i
 
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    step_fn = _LossModule(model)
-    t_compile = 0.0
-    if compile:
-        step_fn = torch.compile(step_fn)
+    step_fn = torch.compile(_LossModule(model)) if compile else _LossModule(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True if device.type == "cuda" else None)
     x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
 
@@ -185,21 +183,10 @@ def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: i
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(3):  # warm-up: cuDNN autotuning, allocator, compilation
-        one()
-    _sync(device)
-    t_compile = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            one()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
+    warmup_s = 3 * _best_time(one, device, repeats=1, n_calls=3, warmup=False)  # cuDNN tuning, allocator, compile
+    best = steps * _best_time(one, device, repeats, n_calls=steps, warmup=False)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else float("nan")
-    return {"img_per_s": steps * batch_size / best, "steps_per_s": steps / best, "warmup_s": t_compile,
+    return {"img_per_s": steps * batch_size / best, "steps_per_s": steps / best, "warmup_s": warmup_s,
             "peak_mib": peak}
 
 
@@ -208,6 +195,9 @@ def unet_training(channels=(32, 64, 128), batch_size: int = 128, steps: int = 30
     """Training throughput of the paper U-Net under each speed option, and of diffusers' UNet2DModel
     at the same widths (if diffusers is installed; `pip install .[bench]`) with the same loss.
     `on_row(row)` sees each row as soon as it is measured (`vs_eager`: against the first row)."""
+    unknown = [v for v in variants if v not in UNET_VARIANTS]
+    if unknown:  # before anything is measured
+        raise UsageError(f"unknown variants {unknown}; choose from {', '.join(UNET_VARIANTS)}")
     dev = torch.device(device)
     rows = []
 
@@ -219,8 +209,6 @@ def unet_training(channels=(32, 64, 128), batch_size: int = 128, steps: int = 30
             on_row(row)
 
     for name in variants:
-        if name not in UNET_VARIANTS:
-            raise ValueError(f"unknown variant {name!r}; choose from {', '.join(UNET_VARIANTS)}")
         torch.manual_seed(0)
         model = _zoo_unet(channels, dev)
         res = _step_rate(model, dev, batch_size, steps, repeats, bf16=name.endswith("bf16"),

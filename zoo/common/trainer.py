@@ -72,8 +72,8 @@ class TrainConfig:
     device: str = "cpu"
     # Speed options, defaults from `zoo bench unet` (docs/benchmarks.md; one H100, paper U-Nets, batch 128):
     # bf16 gave 1.05x (2.5 M params) and 0.77x (9.1 M): these nets are launch-bound, so off by default;
-    # torch.compile gave 1.07x after a 55 s compile (0.94x on 2 CPU cores): off; NHWC gave 1.24x on
-    # CUDA and 0.84x on CPU: on for CUDA only (None), True / False force it.
+    # torch.compile gave 1.07x after a 55 s compile (0.85x on 2 idle CPU cores): off; NHWC gave 1.24x on
+    # CUDA and 0.90x on CPU: on for CUDA only (None), True / False force it.
     amp: bool = False  # bf16 autocast, on CUDA only
     compile: bool = False  # torch.compile the loss (network and objective together)
     channels_last: bool | None = None  # NHWC conv weights; None: on CUDA, off on CPU
