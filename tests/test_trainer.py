@@ -145,6 +145,19 @@ def test_step_lr_and_param_groups():
     assert [g["lr"] for g in tr.optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
 
 
+def test_cosine_horizon_is_the_step_budget():
+    # 96 examples in batches of 16: 6 steps per epoch. A budget of 8 steps runs 2 epochs and stops at 8;
+    # the cosine schedule must end there (it once ran to the 12 steps of the 2 epochs, ending at lr/4).
+    tr = Trainer(Regress(), _data(), _cfg(steps=8))
+    tr.fit()
+    assert tr.step == 8 and tr.scheduler.get_last_lr()[0] == pytest.approx(0, abs=1e-12)
+    # max_steps stops a run early and leaves the horizon alone: after 4 of 8 steps, half the LR
+    early = Trainer(Regress(), _data(), _cfg(steps=8, max_steps=4))
+    early.fit()
+    assert early.step == 4 and early.scheduler.get_last_lr()[0] == pytest.approx(3e-3 * 0.5)
+    assert TrainConfig(epochs=3).schedule_steps(6) == 18 and TrainConfig(steps=8, max_steps=4).schedule_steps(6) == 8
+
+
 def test_ema_swaps_weights_in_and_out():
     tr = Trainer(Regress(), _data(), _cfg(max_steps=5))
     tr.fit()

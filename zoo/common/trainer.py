@@ -115,6 +115,11 @@ class TrainConfig:
         total = self.epochs_for(steps_per_epoch) * steps_per_epoch if self.steps is None else self.steps
         return total if self.max_steps is None else min(total, self.max_steps)
 
+    def schedule_steps(self, steps_per_epoch: int) -> int:
+        """The LR schedule's horizon: the step budget, or all epochs. Never max_steps, which stops a run
+        early without changing its schedule."""
+        return self.epochs * steps_per_epoch if self.steps is None else self.steps
+
 
 # Fused kernels on CUDA (one launch for all parameters); on the CPU torch's default (foreach).
 OPTIMIZERS: dict[str, Callable] = {
@@ -237,7 +242,7 @@ class Trainer:
         groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else model.parameters()
         self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, True if self.device.type == "cuda" else None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.epochs_for(self.steps_per_epoch) * self.steps_per_epoch))
+            self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.schedule_steps(self.steps_per_epoch)))
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.step = 0  # optimiser steps taken
         self.wrapped = _LossModule(self.model)
