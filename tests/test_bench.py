@@ -105,3 +105,26 @@ def test_cli_sets_threads_before_torch():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
     assert "threads 1 PASSIVE" in out
+
+
+def test_bench_profile(capsys, tmp_path):
+    """The profile's shares add up, its FLOPs scale with the batch (every layer is per-image), and the
+    trace is a Chrome trace."""
+    results = []
+    for batch in (2, 4):
+        out = run_zoo(capsys, "bench", "profile", "--channels", "8,16", "--batch-size", str(batch), "--steps", "2",
+                      "--repeats", "1", "--json", str(tmp_path / f"p{batch}.json"), "--trace", str(tmp_path / "t.json"))
+        results.append(json.loads((tmp_path / f"p{batch}.json").read_text())[0])
+    small, big = results
+    assert sum(big["host_shares"].values()) == pytest.approx(1.0) and big["host_shares"]["convolution"] > 0
+    assert big["gflop_per_step"] == pytest.approx(2 * small["gflop_per_step"], rel=1e-9) and small["gflop_per_step"] > 0
+    assert 0 < big["of_peak"] and big["top_ops"] and "of this machine's fp32 matmul" in out
+    assert "traceEvents" in json.loads((tmp_path / "t.json").read_text())
+
+
+def test_profile_categories():
+    from zoo.bench import _category
+
+    assert [_category(n) for n in ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::addmm",
+                                    "aten::native_group_norm_backward", "aten::_foreach_add_", "aten::silu")] == \
+        ["convolution", "convolution", "matmul", "normalisation", "optimiser", "elementwise and other"]

@@ -228,6 +228,39 @@ def bench_sampling(channels, T, ddim_steps, batch_size, device, repeats, compile
     _write_json(json_path, rows)
 
 
+@bench_cmd.command("profile")
+@click.option("--channels", default="32,64,128", show_default=True, help="U-Net widths per level.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Steps profiled (and per timed block).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--trace", "trace_path", default=None, help="Also write a Chrome trace (chrome://tracing, Perfetto).")
+@click.option("--json", "json_path", default=None, help="Also write the result to this JSON file.")
+def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json_path) -> None:
+    """Where a training step's time goes: achieved FLOP/s against the machine's matmul rate, host time
+    per operator category, the top operators and, on CUDA, kernels per step and GPU busy fraction."""
+    from zoo.bench import profile_step
+
+    _check_device(device)
+    if trace_path:
+        Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
+    r = profile_step(_channels(channels), batch_size, steps, device, repeats, trace_path)
+    click.echo(f"U-Net {r['channels']} ({r['params']} params), batch {batch_size}, {device}: {r['step_ms']:.1f} ms "
+               f"per step, {r['img_per_s']:.0f} img/s")
+    click.echo(f"compute   : {r['gflop_per_step']:.2f} GFLOP per step (forward + backward) -> "
+               f"{r['achieved_gflops']:.1f} GFLOP/s = {r['of_peak']:.1%} of this machine's fp32 matmul "
+               f"({r['matmul_gflops']:.0f} GFLOP/s)")
+    if "gpu_busy" in r:
+        click.echo(f"GPU       : busy {r['gpu_busy']:.1%} of the wall, {r['kernels_per_step']:.0f} kernels per step "
+                   f"(low busy = launch-bound: the host, not the GPU, sets the pace)")
+    click.echo(f"host      : {r['aten_calls_per_step']:.0f} aten calls per step; self time by category: "
+               + ", ".join(f"{k} {v:.0%}" for k, v in r["host_shares"].items()))
+    click.echo(f"{'top operators (self time)':44s} {'calls/step':>10s} {'ms/step':>8s}")
+    for o in r["top_ops"]:
+        click.echo(f"{o['op'][:44]:44s} {o['calls_per_step']:10.1f} {o['self_ms_per_step']:8.2f}")
+    _write_json(json_path, [r])
+
+
 @bench_cmd.command("threads")
 @click.option("--steps", type=click.IntRange(min=5), default=20, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=10), default=240.0, show_default=True,
