@@ -49,6 +49,8 @@ bench unet-big 35 unet --device $DEV --channels $BIG --batch-size $BS --variants
 bench sampling 75 sampling --device $DEV --channels $SMALL --T $T --ddim-steps $DS --batch-size $SB --repeats 1 \
   --compile-mode reduce-overhead --json "$R/bench/sampling.json"
 bench trainer 30 trainer --device $DEV --batch-size $BS --steps 60 --repeats 2
+bench profile 40 profile --device $DEV --channels $SMALL --batch-size $BS --steps 10 --trace "$R/bench/trace.json" \
+  --json "$R/bench/profile.json"
 
 # 2. Paper presets and the smoke check side by side, each stopped 30 s before the budget ends.
 CAP=$(( $(left) - 30 ))
