@@ -40,12 +40,15 @@ def test_guidance_smoke(fake_mnist, tmp_path):
     assert m["binary"]["nfe_per_sample"] == 2 * cfg.model.binary.T
     assert m["absorbing"]["nfe_per_sample"] == 2 * cfg.model.absorbing.T
     assert isinstance(m["reproduced"], bool)
+    # Two training steps make no digits: the digit gate leaves the claim untested whatever agreement says.
+    assert m["tested"] is False and max(m["gaussian"]["classifier_fid"]) >= cfg.digits
     files = {p.name for p in tmp_path.iterdir()}
     assert {"config.json", "metrics.json", "log.jsonl", "report.md", "agreement_fid.png",
             *(f"grids_{n}.png" for n in FORMULATIONS)} <= files
     assert not any(f.endswith(".ckpt") for f in files)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["experiment"] == "guidance" and saved["absorbing"]["agreement"] == m["absorbing"]["agreement"]
+    assert saved["verdict"]["reproduced"] == "not tested"
     report = (tmp_path / "report.md").read_text()
     assert "## The seed's claim" in report and "grids_absorbing.png" in report and "Reproduced:" in report
     runs = {json.loads(s)["run"] for s in (tmp_path / "log.jsonl").read_text().splitlines()}
