@@ -38,6 +38,7 @@ class ParameterisationConfig:
     eval: EvalConfig = EvalConfig(n_samples=1000, sample_chunk=500, n_ref=1000, n_test=0)
     params: tuple[str, ...] = ("mean", "eps", "x0", "v")
     n_train: int = 50000
+    digits: float = 10.0  # the claim is tested only where mean and eps both make digits: classifier FID below this
 
 
 CLAIM = """
@@ -100,26 +101,26 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
                 f"{cfg.model.rho_lr}, rho1 fell towards 0 within the first epoch (most likely because the untrained "
                 "output delta only added error), and the network's gradient, scaled by rho1, then stays too "
                 "small to recover within this budget. ")
-    # The comparison tests the claim only if both models make something digit-like: classifier FID
-    # below half that of uniform noise.
-    informative = bool(both and max(results["mean"]["classifier_fid"], results["eps"]["classifier_fid"])
-                       < ceiling["classifier_fid"] / 2)
+    # The comparison tests the claim only if both models make digits (issue 14): classifier FID below
+    # `digits` (real digits score ~0.3 on 1000 samples, uniform noise ~340).
+    informative = bool(both and max(results["mean"]["classifier_fid"], results["eps"]["classifier_fid"]) < cfg.digits)
     reproduced = by_pixel and informative
     finding = (f"eps prediction reaches pixel FID {results['eps']['pixel_fid']:.2f} against "
                f"{results['mean']['pixel_fid']:.2f} for the rho-mean network (classifier FID "
                f"{results['eps']['classifier_fid']:.1f} against {results['mean']['classifier_fid']:.1f}): the seed's "
                f"direction {'holds' if by_pixel else 'does not hold'} on pixel FID, and eps is "
                f"{'better' if by_classifier else 'not better'} on classifier FID (the headline metric, SPEC 10). "
-               + ("Both models make digit-like samples, so this ordering tests the claim." if informative else
-                  f"But the two are not digit generators at this budget (classifier FID at or past half of uniform "
-                  f"noise's {ceiling['classifier_fid']:.0f}; see the grids), so this ordering is no evidence either way.")
+               + ("Both models make digits (classifier FID below "
+                  f"{cfg.digits:g}), so this ordering tests the claim." if informative else
+                  f"But not both make digits at this budget (classifier FID not below {cfg.digits:g}; uniform noise "
+                  f"scores {ceiling['classifier_fid']:.0f}; see the grids), so this ordering is no evidence either way.")
                if both else "The mean or eps model diverged, so the comparison could not be made.")
     body = [f"FIDs from {cfg.eval.n_samples} samples per model, all from the same noise; with fewer than 1000 "
             f"samples both are biased upwards: compare rows, not the seed's absolute numbers. The seed's data "
             f"were in [0, 1], here [-1, 1], which changes the scale of what the mean network learns.",
             markdown_table(rows), rho, figure(grids_png), figure(loss_png)]
-    v = verdict(reproduced if informative else None, "eps has the lower pixel FID, both models digit-like "
-                "(classifier FID below half of uniform noise's)", **{f"{p}_pixel_fid": results[p].get("pixel_fid")
+    v = verdict(reproduced if informative else None, f"eps has the lower pixel FID, both models making digits "
+                f"(classifier FID below {cfg.digits:g})", **{f"{p}_pixel_fid": results[p].get("pixel_fid")
                                                                      for p in ("mean", "eps") if p in results})
     metrics = {"results": results, "real_floor": floor, "noise_ceiling": ceiling, "informative": informative,
                "train_curves": curves, "reproduced": reproduced, "eps_better_pixel_fid": by_pixel,
