@@ -79,6 +79,7 @@ class RunContext:
     device: str = "cpu"
     seed: int = 0
     figures: list[str] = field(default_factory=list)
+    resume: bool = False  # each model continues from OUT_DIR/TAG.ckpt where one exists
 
     def fit(self, model: nn.Module, data: tuple[torch.Tensor, ...], train_cfg: TrainConfig, tag: str,
             val: tuple[torch.Tensor, ...] | None = None, guarded: bool = False, seed_offset: int = 0,
@@ -88,7 +89,7 @@ class RunContext:
         Trainer's batch transform, e.g. the dynamic binarisation of ``zoo.common.data.training_set``)."""
         cfg = dataclasses.replace(train_cfg, seed=train_cfg.seed + seed_offset)
         return train(model, data, cfg, self.out_dir, tag, meta={"experiment": self.name}, val=val, guarded=guarded,
-                     transform=transform)
+                     transform=transform, resume=self.resume)
 
     def remove_checkpoints(self) -> None:
         remove_checkpoints(self.out_dir)
@@ -117,8 +118,11 @@ def _bind_run(cfg: Any, device: str, seed: int) -> Any:
 
 def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None = None,
                    device: str = "cpu", seed: int = 0, overrides: typing.Sequence[str] = (),
-                   config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Resolve the config, prepare the run directory, run the experiment; returns its metrics."""
+                   config: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
+    """Resolve the config, prepare the run directory, run the experiment; returns its metrics.
+
+    `resume`: continue an interrupted run in `out_dir`, each model from its TAG.ckpt where one exists
+    (a finished model is not trained again); its config.json must hold the same config and seed."""
     exp = get(name)
     if preset not in exp.presets:
         raise UsageError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -129,20 +133,23 @@ def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None 
     if out_dir is not None and not str(out_dir).strip():
         raise UsageError("--out '' is empty; give a directory, e.g. --out runs/mine")
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
+    if resume:
+        _check_resumable(out, name, cfg, seed)
     try:  # only after the config validated: nothing is written for a bad command
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
     log = out / "log.jsonl"
-    if log.exists():
+    if log.exists() and not resume:
         log.unlink()  # a fresh run owns its log
-    ctx = RunContext(name=name, preset=preset, out_dir=out, device=device, seed=seed)
+    ctx = RunContext(name=name, preset=preset, out_dir=out, device=device, seed=seed, resume=resume)
     info = {
         "experiment": name, "preset": preset, "seed": seed, "device": device,
         "overrides": list(overrides), "config": dataclasses.asdict(cfg),
         "command": " ".join(shlex.quote(a) for a in ["zoo", *sys.argv[1:]]) if sys.argv else "",
         "zoo_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **({"resumed": True} if resume else {}),
     }
     write_json(out / "config.json", info)
     seed_everything(seed)
@@ -153,6 +160,29 @@ def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None 
     write_json(out / "metrics.json", metrics)
     (out / "report.md").write_text(render(result.report, info))
     return metrics
+
+
+def _check_resumable(out: Path, name: str, cfg: Any, seed: int) -> None:
+    """A run continues only with the experiment, config and seed it started with."""
+    saved_path = out / "config.json"
+    if not saved_path.exists():
+        raise UsageError(f"--resume: {saved_path} does not exist; there is no run to continue in {out}")
+    saved = load_json(saved_path)
+    ours = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    theirs = json.loads(json.dumps(saved.get("config"), default=str))
+    if saved.get("experiment") != name or saved.get("seed") != seed or theirs != ours:
+        what = ("experiment" if saved.get("experiment") != name else "seed" if saved.get("seed") != seed
+                else _first_difference(theirs, ours))
+        raise UsageError(f"--resume: {saved_path} was written by a different run ({what} differs); rerun it with "
+                         f"`--config {saved_path} --resume`, or give another --out")
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(a) + [k for k in b if k not in a]:
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+    return path or "config"
 
 
 def load_json(path: str | Path) -> dict[str, Any]:

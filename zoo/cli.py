@@ -62,7 +62,10 @@ def _check_device(device: str) -> str:
                    "eval.n_samples=100 (a bare key where unambiguous; repeatable).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Rerun from a config.json written by an earlier run (its preset, seed and config).")
-def run_cmd(name, preset, out_dir, device, seed, overrides, config_path) -> None:
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in --out: each model from its checkpoint there, finished ones "
+                   "not trained again (same experiment, config and seed).")
+def run_cmd(name, preset, out_dir, device, seed, overrides, config_path, resume) -> None:
     """Run the experiment NAME and write its run directory (config, metrics, figures, report)."""
     from experiments.registry import load_json, run_experiment
 
@@ -72,7 +75,7 @@ def run_cmd(name, preset, out_dir, device, seed, overrides, config_path) -> None
         saved = load_json(config_path)
         preset, seed, config = saved.get("preset", preset), saved.get("seed", seed), saved.get("config")
     metrics = run_experiment(name, preset=preset, out_dir=out_dir, device=device, seed=seed,
-                             overrides=overrides, config=config)
+                             overrides=overrides, config=config, resume=resume)
     out = out_dir or f"runs/{name}"
     click.echo(f"{name} ({preset}) finished in {metrics['seconds']:.1f} s; report: {out}/report.md")
 

@@ -500,17 +500,22 @@ class Trainer:
         self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _cut_log(self) -> None:
-        """Drop this tag's log.jsonl lines after the resumed step (they will be written again)."""
+        """Drop this tag's log.jsonl lines after the resumed step (they will be written again); the
+        ones up to it become this trainer's history again, so curves span the whole run."""
         if self.out_dir is None or not self.is_main or not (self.out_dir / "log.jsonl").exists():
             return
-        kept = []
+        kept, mine = [], []
         for line in (self.out_dir / "log.jsonl").read_text().splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by the kill
-            if not (isinstance(rec, dict) and rec.get("run") == self.tag and rec.get("step", 0) > self.step):
+            ours = isinstance(rec, dict) and rec.get("run") == self.tag
+            if not (ours and rec.get("step", 0) > self.step):
                 kept.append(line)
+                if ours:
+                    mine.append(rec)
+        self.history = mine
         data = "".join(line + "\n" for line in kept).encode()
         atomic_write_bytes(self.out_dir / "log.jsonl", lambda f: f.write(data))
 
