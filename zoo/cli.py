@@ -175,12 +175,24 @@ def _write_json(path: str | None, rows: list[dict]) -> None:
         Path(path).write_text(json.dumps(rows, indent=1, default=str) + "\n")
 
 
+def _unet_step_options(steps: int, steps_help: str):
+    """The options of the benchmarks that time the paper U-Net's training step."""
+    options = [click.option("--channels", default="32,64,128", show_default=True, help="U-Net widths per level."),
+               click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
+               click.option("--steps", type=click.IntRange(min=1), default=steps, show_default=True, help=steps_help),
+               click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
+               click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)]
+
+    def deco(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return deco
+
+
 @bench_cmd.command("unet")
-@click.option("--channels", default="32,64,128", show_default=True, help="U-Net widths per level.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True, help="Steps per timed block.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
+@_unet_step_options(30, "Steps per timed block.")
 @click.option("--variants", default=",".join(UNET_VARIANTS), show_default=True,
               help="Comma-separated speed options to measure.")
 @click.option("--no-peer", is_flag=True, help="Skip diffusers' UNet2DModel (measured when diffusers is installed).")
@@ -232,11 +244,7 @@ def bench_sampling(channels, T, ddim_steps, batch_size, device, repeats, compile
 
 
 @bench_cmd.command("profile")
-@click.option("--channels", default="32,64,128", show_default=True, help="U-Net widths per level.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Steps profiled (and per timed block).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
+@_unet_step_options(10, "Steps profiled (and per timed block).")
 @click.option("--trace", "trace_path", default=None, help="Also write a Chrome trace (chrome://tracing, Perfetto).")
 @click.option("--json", "json_path", default=None, help="Also write the result to this JSON file.")
 def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json_path) -> None:
