@@ -10,7 +10,7 @@ from torch import nn
 
 from zoo.common.config import UsageError
 from zoo.common.nets import UNet, UNetConfig
-from zoo.common.trainer import TrainConfig, Trainer
+from zoo.common.trainer import TrainConfig, Trainer, fused_optimiser
 from zoo.common.utils import append_dims
 
 
@@ -30,7 +30,7 @@ class _Denoise(nn.Module):
 
 
 def _bare(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: torch.device) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused_optimiser(device))  # the Trainer's optimiser
     perm = torch.randperm(len(data))
     t0 = time.perf_counter()
     for i in range(steps):
@@ -171,7 +171,7 @@ def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: i
     if channels_last:
         model.to(memory_format=torch.channels_last)
     step_fn = torch.compile(_LossModule(model)) if compile else _LossModule(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True if device.type == "cuda" else None)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_optimiser(device))
     x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
 
     def one() -> None:
@@ -384,7 +384,7 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     torch.manual_seed(0)
     model = _zoo_unet(channels, dev)
     step_fn = _LossModule(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True if dev.type == "cuda" else None)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_optimiser(dev))
     x = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
 
     def one() -> None:
