@@ -372,10 +372,10 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     Measures, in one run: the step's wall time (best of `repeats`, unprofiled); its FLOPs, forward and
     backward (torch.utils.flop_counter); the machine's dense fp32 matmul rate, so that achieved/peak
     says how close to compute-bound the step is; and a torch.profiler profile of `steps` steps: self
-    time per operator category (shares of the host time) and, on CUDA, the kernels per step and the
+    time per phase (forward, backward, optimiser) and per operator category (shares of the host time) and, on CUDA, the kernels per step and the
     fraction of the wall the GPU is busy (low: launch-bound, the host is the limit). `trace`: also write
     a Chrome trace (open in chrome://tracing or Perfetto)."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import ProfilerActivity, profile, record_function
     from torch.utils.flop_counter import FlopCounterMode
 
     from zoo.common.trainer import _LossModule
@@ -401,11 +401,20 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     flops = counter.get_total_flops()
     peak = _matmul_rate(dev, torch.float32, 4096 if dev.type == "cuda" else 1024, repeats)
 
+    def one_marked() -> None:  # the same step, its three phases labelled in the profile
+        with record_function("zoo::forward"):
+            loss = step_fn((x,))["loss"]
+        with record_function("zoo::backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("zoo::optimiser"):
+            opt.step()
+
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     _sync(dev)
     with profile(activities=acts) as prof:
         for _ in range(steps):
-            one()
+            one_marked()
         _sync(dev)
     if trace:
         prof.export_chrome_trace(trace)
@@ -414,11 +423,13 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     shares: dict[str, float] = {cat: 0.0 for cat, _ in PROFILE_CATEGORIES}
     for e in events:
         shares[_category(e.key)] += e.self_cpu_time_total / host
+    marks = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key.startswith("zoo::")}
+    phases = {k.removeprefix("zoo::"): v / (sum(marks.values()) or 1.0) for k, v in marks.items()}
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     out = {"device": device, "channels": tuple(channels), "batch_size": batch_size, "steps": steps,
            "params": _params(model.net), "step_ms": 1e3 * step_s, "img_per_s": batch_size / step_s,
            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9, "matmul_gflops": peak / 1e9,
-           "of_peak": flops / step_s / peak, "host_shares": shares, "aten_calls_per_step": sum(e.count for e in events) / steps,
+           "of_peak": flops / step_s / peak, "host_phases": phases, "host_shares": shares, "aten_calls_per_step": sum(e.count for e in events) / steps,
            "top_ops": [{"op": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps}
                        for e in ops]}
     if dev.type == "cuda":

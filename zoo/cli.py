@@ -264,6 +264,7 @@ def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json
     if "gpu_busy" in r:
         click.echo(f"GPU       : busy {r['gpu_busy']:.1%} of the wall, {r['kernels_per_step']:.0f} kernels per step "
                    f"(low busy = launch-bound: the host, not the GPU, sets the pace)")
+    click.echo("phases    : " + ", ".join(f"{k} {v:.0%}" for k, v in r["host_phases"].items()) + " of the host time")
     click.echo(f"host      : {r['aten_calls_per_step']:.0f} aten calls per step; self time by category: "
                + ", ".join(f"{k} {v:.0%}" for k, v in r["host_shares"].items()))
     click.echo(f"{'top operators (self time)':44s} {'calls/step':>10s} {'ms/step':>8s}")
