@@ -18,7 +18,7 @@ import torch
 from experiments._shared import SEED001, SEED001_TRAIN
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
-from zoo.common.data import load_mnist, to_unit
+from zoo.common.data import load_dataset, to_unit
 from zoo.common.trainer import TrainConfig
 from zoo.evaluation import EvalConfig, draw, quality, real_floor
 from zoo.gaussian.model import Config, GaussianDiffusion
@@ -51,7 +51,7 @@ the loss (1 - alpha_t)/(2 alpha_t (1 - alpha_bar_t)) |eps - eps_theta|^2, gave "
 
 
 def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
-    x, _ = load_mnist("train", view="grey", limit=cfg.n_train)
+    x, _ = load_dataset(cfg.model.data, "train", limit=cfg.n_train)  # mnist-unit: the seed's [0, 1] pixels
     results, panels, curves = {}, {}, {}
     for param in cfg.params:
         torch.manual_seed(ctx.seed)
@@ -66,12 +66,12 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
             out = draw(model, cfg.eval.n_samples, cfg.eval.sample_chunk, torch.Generator().manual_seed(ctx.seed + 1))
             r.update(quality(out.x, cfg.model.data, cfg.eval.n_ref), sample_seconds=out.seconds)
             panels[f"{param}: pixel FID {r['pixel_fid']:.2f}, classifier FID {r['classifier_fid']:.1f}"] = \
-                to_unit(out.x[:64])
+                to_unit(out.x[:64], cfg.model.data)
         results[param] = r
     ctx.remove_checkpoints()
     floor = real_floor(cfg.model.data, cfg.eval.n_samples, cfg.eval.n_ref, ceiling=True, seed=ctx.seed + 2)
     ceiling = floor.pop("ceiling")  # uniform noise: what no learning scores
-    panels["real training images"] = to_unit(x[:64])
+    panels["real training images"] = to_unit(x[:64], cfg.model.data)
 
     grids_png = ctx.savefig(grid_figure(panels, nrow=8), "samples")
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -117,7 +117,9 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
                if both else "The mean or eps model diverged, so the comparison could not be made.")
     body = [f"FIDs from {cfg.eval.n_samples} samples per model, all from the same noise; with fewer than 1000 "
             f"samples both are biased upwards: compare rows, not the seed's absolute numbers. The seed's data "
-            f"were in [0, 1], here [-1, 1], which changes the scale of what the mean network learns.",
+            f"were in [0, 1]; this run's are `{cfg.model.data}` ("
+            f"{'[0, 1], as the seed' if cfg.model.data == 'mnist-unit' else '[-1, 1]'}), which sets the scale of what the mean "
+            f"network learns.",
             markdown_table(rows), rho, figure(grids_png), figure(loss_png)]
     v = verdict(reproduced if informative else None, f"eps has the lower pixel FID, both models making digits "
                 f"(classifier FID below {cfg.digits:g})", **{f"{p}_pixel_fid": results[p].get("pixel_fid")

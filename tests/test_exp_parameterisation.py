@@ -52,3 +52,19 @@ def test_parameterisation_smoke(fake_mnist, tmp_path):
                    config=info["config"])
     first = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert _drop_clock(json.loads((tmp_path / "b" / "metrics.json").read_text())) == _drop_clock(first)
+
+
+def test_parameterisation_on_the_seeds_unit_pixels(fake_mnist, tmp_path, monkeypatch):
+    """`--set model.data=mnist-unit` trains on [0, 1] pixels, as the seed did, and the report says so."""
+    from experiments.registry import RunContext
+
+    seen, real_fit = [], RunContext.fit
+
+    def fit(self, model, data, *args, **kwargs):
+        seen.append((data[0].min().item(), data[0].max().item()))
+        return real_fit(self, model, data, *args, **kwargs)
+
+    monkeypatch.setattr(RunContext, "fit", fit)
+    run_experiment("parameterisation", preset="smoke", out_dir=tmp_path, overrides=["model.data=mnist-unit"])
+    assert len(seen) == 2 and all(lo == 0 and 0.9 < hi <= 1 for lo, hi in seen)
+    assert "[0, 1], as the seed" in (tmp_path / "report.md").read_text()
