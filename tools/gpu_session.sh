@@ -42,7 +42,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 # 1. Benchmarks, alone on the card (each capped; a cap hit leaves a partial log, never a hang).
 bench() { local name=$1 cap=$2; shift 2; say "bench $name (cap ${cap} s)"
   timeout "$cap" $ZOO bench "$@" > "$R/bench/$name.txt" 2>&1; say "bench $name rc=$?"; tail -n 12 "$R/bench/$name.txt" >> "$LOG"; }
-bench unet-small 90 unet --device $DEV --channels $SMALL --batch-size $BS --variants eager,eager-bf16,channels-last,compile \
+bench unet-small 150 unet --device $DEV --channels $SMALL --batch-size $BS --variants eager,channels-last,compile,compile-graphs \
   --json "$R/bench/unet-small.json"
 bench unet-big 35 unet --device $DEV --channels $BIG --batch-size $BS --variants eager,eager-bf16 \
   --json "$R/bench/unet-big.json"

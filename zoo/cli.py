@@ -17,7 +17,7 @@ import click
 from zoo import ZooError
 
 # zoo.bench.UNET_VARIANTS, spelled out so that `zoo --help` does not import torch (tests/test_bench.py).
-UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16")
+UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs")
 PRESET_HELP = "smoke: seconds (tests); quick: minutes on 2 CPU cores; paper: the seed's settings (GPU hours)."
 
 
