@@ -426,13 +426,19 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     shares: dict[str, float] = {cat: 0.0 for cat, _ in PROFILE_CATEGORIES}
     for e in events:
         shares[_category(e.key)] += e.self_cpu_time_total / host
+    def adam_step_s(**kw) -> float:  # the optimiser step alone, on this model's gradients
+        o = torch.optim.Adam(model.parameters(), lr=1e-4, **kw)
+        step_fn((x,))["loss"].backward()
+        return _best_time(o.step, dev, repeats, n_calls=10)
+
+    adam = {"fused": adam_step_s(fused=fused_optimiser(dev)), "default": adam_step_s()}
     marks = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key.startswith("zoo::")}
     phases = {k.removeprefix("zoo::"): v / (sum(marks.values()) or 1.0) for k, v in marks.items()}
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     out = {"device": device, "channels": tuple(channels), "batch_size": batch_size, "steps": steps,
            "params": _params(model.net), "step_ms": 1e3 * step_s, "img_per_s": batch_size / step_s,
            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9, "matmul_gflops": peak / 1e9,
-           "of_peak": flops / step_s / peak, "host_phases": phases, "host_shares": shares, "aten_calls_per_step": sum(e.count for e in events) / steps,
+           "of_peak": flops / step_s / peak, "adam_step_ms": {k: 1e3 * v for k, v in adam.items()}, "host_phases": phases, "host_shares": shares, "aten_calls_per_step": sum(e.count for e in events) / steps,
            "top_ops": [{"op": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps}
                        for e in ops]}
     if dev.type == "cuda":
