@@ -32,7 +32,7 @@ from zoo.gaussian.model import Config as GaussianConfig
 from zoo.report import Report, Result, figure, verdict
 from zoo.vae.model import Config as VAEConfig
 
-_UNET = dict(channels=(16, 32))
+_UNET = dict(channels=(8, 16))  # the quick preset's (`make demo`); paper: (64, 128, 256)
 _GAUSS = GaussianConfig(data="mnist-grey", T=1000, schedule="linear", sampler="ddim", steps=50, **_UNET)
 BINARISED = "mnist-binary-dynamic"  # the protocol of the published anchors
 
@@ -69,14 +69,15 @@ ANCHORS = [{"model": "VAE (Burda et al. 2015)", "bound": "NLL (IWAE k = 5000), t
 @dataclass(frozen=True)
 class ZooConfig:
     model: Entries = Entries()
-    # The shared budget: 400 steps for each of six U-Nets keeps the quick preset's 2400 U-Net steps of
-    # the four-row table (3 x 800) on 2 CPU cores; the ODE rows take 32 Heun steps. EMA off at the quick budget (cosine LR already ends at 0); the paper preset
-    # averages with 0.999, a ~1000-step horizon over 40000 steps, warm-up from step 0 (issue 11).
-    train: TrainConfig = TrainConfig(steps=400, batch_size=64, lr=2e-3, lr_schedule="cosine", warmup_steps=40,
-                                     log_every=100, val_every=0)
-    # 25 test images: the three Gaussian ELBOs cost T = 1000 network calls per image each, the ODE rows
-    # 64 calls and a vjp; 25 keeps `make demo` in minutes (the standard errors are in the table).
-    eval: EvalConfig = EvalConfig(n_samples=500, sample_chunk=250, n_test=25, nll_chunk=25)
+    # The quick preset is `make demo` (SPEC 9: minutes on 2 CPU cores; issue 13: under 5 minutes): 200
+    # steps of batch 32 for each of six (8, 16) U-Nets and two VAEs, 200 samples each, likelihoods on 16
+    # test images (the three Gaussian ELBOs cost T = 1000 network calls per image; the ODE rows 32 Heun
+    # steps, two NFE and a vjp each). It demonstrates the table, it orders nothing: the 400-step run of
+    # (16, 32) U-Nets is docs/results/zoo-400-steps/. EMA off at this budget (the cosine LR already ends
+    # at 0); the paper preset averages with 0.999, a ~1000-step horizon over 40000 steps.
+    train: TrainConfig = TrainConfig(steps=200, batch_size=32, lr=2e-3, lr_schedule="cosine", warmup_steps=20,
+                                     log_every=50, val_every=0)
+    eval: EvalConfig = EvalConfig(n_samples=200, sample_chunk=200, n_test=16, nll_chunk=16)
     ode_steps: int = 32  # Heun steps of the probability-flow ODE likelihoods (two NFE + a vjp each)
     n_train: int = 10000
 
