@@ -216,14 +216,15 @@ def test_trainer_ema_state_in_checkpoint(tmp_path):
     assert all(torch.equal(v, tr.ema.shadow[k]) for k, v in ckpt["ema"].items())
 
 
-def test_cpu_optimiser_is_fused_and_the_same_update():
-    """The Trainer takes the fused optimiser on the CPU (torch >= 2.4): the same Adam update as torch's
-    default implementation, in one kernel instead of ~26 small ops per parameter tensor."""
+def test_optimiser_fused_on_cuda_only_and_the_same_update():
+    """CUDA takes the fused optimiser; the CPU keeps torch's default (committed CPU results rerun
+    bit-identically). The fused update is the default's within float rounding, so `zoo bench
+    profile`'s comparison of the two times the same computation."""
     from zoo.common.trainer import fused_optimiser
 
     tr = Trainer(Regress(), _data(), _cfg())
-    assert fused_optimiser(torch.device("cpu")) is True and tr.optimizer.defaults["fused"] is True
-    assert fused_optimiser(torch.device("meta")) is None
+    assert fused_optimiser(torch.device("cuda")) is True and fused_optimiser(torch.device("cpu")) is None
+    assert not tr.optimizer.defaults["fused"]
     torch.manual_seed(0)
     w = torch.randn(50, 7)
     grads = [torch.randn(50, 7) for _ in range(5)]

@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -123,15 +122,12 @@ class TrainConfig:
 
 
 def fused_optimiser(device: torch.device) -> bool | None:
-    """Fused optimiser kernels (the whole update in one kernel for all parameters): on CUDA, and on the
-    CPU from torch 2.4, where torch's default runs ~26 small ops per parameter tensor and the fused
-    Adam step was 3.5-8x faster on the quick U-Nets (docs/benchmarks.md). None (torch's default)
-    elsewhere, e.g. the meta device of the device-mixing tests."""
-    if device.type == "cuda":
-        return True
-    if device.type == "cpu" and tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2]) >= (2, 4):
-        return True
-    return None
+    """Fused optimiser kernels (the whole update in one kernel for all parameters) on CUDA, where the
+    per-tensor default costs a launch per op. On the CPU torch's default: the fused CPU Adam step is
+    several times faster (`zoo bench profile`) but only 1-2% of a quick U-Net step, and it would
+    change the floating-point path of every CPU run, so committed results would no longer rerun
+    bit-identically from their config.json."""
+    return True if device.type == "cuda" else None
 
 
 OPTIMIZERS: dict[str, Callable] = {
