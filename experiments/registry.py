@@ -170,19 +170,20 @@ def _check_resumable(out: Path, name: str, cfg: Any, seed: int) -> None:
     saved = load_json(saved_path)
     ours = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
     theirs = json.loads(json.dumps(saved.get("config"), default=str))
-    if saved.get("experiment") != name or saved.get("seed") != seed or theirs != ours:
-        what = ("experiment" if saved.get("experiment") != name else "seed" if saved.get("seed") != seed
-                else _first_difference(theirs, ours))
+    changed = _first_difference(theirs, ours)
+    if saved.get("experiment") != name or saved.get("seed") != seed or changed:
+        what = "experiment" if saved.get("experiment") != name else "seed" if saved.get("seed") != seed else changed
         raise UsageError(f"--resume: {saved_path} was written by a different run ({what} differs); rerun it with "
                          f"`--config {saved_path} --resume`, or give another --out")
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in list(a) + [k for k in b if k not in a]:
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-    return path or "config"
+def _first_difference(saved: Any, ours: Any, path: str = "") -> str | None:
+    """The first setting the saved config holds with another value (None: none). A field the saved
+    config lacks was added to the code after that run: it takes its default and does not count."""
+    if isinstance(saved, dict) and isinstance(ours, dict):
+        return next((d for k in saved if (d := _first_difference(saved[k], ours.get(k), f"{path}.{k}" if path else k))),
+                    None)
+    return None if saved == ours else (path or "config")
 
 
 def load_json(path: str | Path) -> dict[str, Any]:

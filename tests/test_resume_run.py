@@ -72,3 +72,12 @@ def test_cli_resume_usage_error(fake_mnist, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "parameterisation", "--preset", "smoke", "--out", str(tmp_path / "none"), "--resume"])
     assert e.value.code == 2 and "no run to continue" in capsys.readouterr().err
+
+
+def test_resume_ignores_fields_added_since_the_run():
+    from experiments.registry import _first_difference
+
+    saved = {"train": {"lr": 0.01, "epochs": 6}, "params": ["mean", "eps"]}
+    assert _first_difference(saved, {"train": {"lr": 0.01, "epochs": 6}, "params": ["mean", "eps"], "digits": 10.0}) is None
+    assert _first_difference(saved, {"train": {"lr": 0.02, "epochs": 6}, "params": ["mean", "eps"]}) == "train.lr"
+    assert _first_difference(saved, {"train": {"lr": 0.01, "epochs": 6}, "params": ["eps"]}) == "params"
