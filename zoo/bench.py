@@ -361,10 +361,9 @@ def _category(name: str) -> str:
     return next(cat for cat, keys in PROFILE_CATEGORIES if any(k in low for k in keys))
 
 
-def _matmul_rate(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
-    """FLOP/s of one n x n x n matmul, the machine's dense ceiling for that dtype as torch reaches it."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+def _matmul_rate(device: torch.device, n: int, repeats: int) -> float:
+    """FLOP/s of one n x n x n fp32 matmul: the machine's dense ceiling as torch reaches it."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     return 2 * n ** 3 / _best_time(lambda: a @ b, device, repeats, n_calls=3)
 
 
@@ -374,10 +373,11 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
 
     Measures, in one run: the step's wall time (best of `repeats`, unprofiled); its FLOPs, forward and
     backward (torch.utils.flop_counter); the machine's dense fp32 matmul rate, so that achieved/peak
-    says how close to compute-bound the step is; and a torch.profiler profile of `steps` steps: self
-    time per phase (forward, backward, optimiser) and per operator category (shares of the host time) and, on CUDA, the kernels per step and the
-    fraction of the wall the GPU is busy (low: launch-bound, the host is the limit). `trace`: also write
-    a Chrome trace (open in chrome://tracing or Perfetto)."""
+    says how close to compute-bound the step is; the Adam step alone, fused and torch's default; and a
+    torch.profiler profile of `steps` steps: host time per phase (forward, backward, optimiser) and per
+    operator category, and on CUDA the kernels per step and the fraction of the wall the GPU is busy
+    (low: launch-bound, the host is the limit). `trace`: also write a Chrome trace (chrome://tracing,
+    Perfetto)."""
     from torch.profiler import ProfilerActivity, profile, record_function
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -390,21 +390,7 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_optimiser(dev))
     x = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
 
-    def one() -> None:
-        loss = step_fn((x,))["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step_s = _best_time(one, dev, repeats, n_calls=steps)
-    with FlopCounterMode(display=False) as counter:
-        loss = step_fn((x,))["loss"]
-        loss.backward()
-    opt.zero_grad(set_to_none=True)
-    flops = counter.get_total_flops()
-    peak = _matmul_rate(dev, torch.float32, 4096 if dev.type == "cuda" else 1024, repeats)
-
-    def one_marked() -> None:  # the same step, its three phases labelled in the profile
+    def one() -> None:  # its three phases labelled for the profile (free when no profiler runs)
         with record_function("zoo::forward"):
             loss = step_fn((x,))["loss"]
         with record_function("zoo::backward"):
@@ -413,34 +399,43 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
         with record_function("zoo::optimiser"):
             opt.step()
 
+    def adam_step_s(**kw) -> float:  # the optimiser step alone, on this model's gradients
+        o = torch.optim.Adam(model.parameters(), lr=1e-4, **kw)
+        return _best_time(o.step, dev, repeats, n_calls=10)
+
+    step_s = _best_time(one, dev, repeats, n_calls=steps)
+    opt.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        step_fn((x,))["loss"].backward()  # the gradients stay for the optimiser timing
+    flops = counter.get_total_flops()
+    adam = {"fused": adam_step_s(fused=True), "default": adam_step_s()}
+    peak = _matmul_rate(dev, 4096 if dev.type == "cuda" else 1024, repeats)
+
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     _sync(dev)
     with profile(activities=acts) as prof:
         for _ in range(steps):
-            one_marked()
+            one()
         _sync(dev)
     if trace:
         prof.export_chrome_trace(trace)
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    averages = prof.key_averages()
+    events = [e for e in averages if e.key.startswith("aten::")]
     host = sum(e.self_cpu_time_total for e in events) or 1.0
     shares: dict[str, float] = {cat: 0.0 for cat, _ in PROFILE_CATEGORIES}
     for e in events:
         shares[_category(e.key)] += e.self_cpu_time_total / host
-    def adam_step_s(**kw) -> float:  # the optimiser step alone, on this model's gradients
-        o = torch.optim.Adam(model.parameters(), lr=1e-4, **kw)
-        step_fn((x,))["loss"].backward()
-        return _best_time(o.step, dev, repeats, n_calls=10)
-
-    adam = {"fused": adam_step_s(fused=True), "default": adam_step_s()}
-    marks = {e.key: e.cpu_time_total for e in prof.key_averages() if e.key.startswith("zoo::")}
-    phases = {k.removeprefix("zoo::"): v / (sum(marks.values()) or 1.0) for k, v in marks.items()}
+    marks = {e.key.removeprefix("zoo::"): e.cpu_time_total for e in averages if e.key.startswith("zoo::")}
+    phases = {k: v / (sum(marks.values()) or 1.0) for k, v in marks.items()}
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     out = {"device": device, "channels": tuple(channels), "batch_size": batch_size, "steps": steps,
            "params": _params(model.net), "step_ms": 1e3 * step_s, "img_per_s": batch_size / step_s,
            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9, "matmul_gflops": peak / 1e9,
-           "of_peak": flops / step_s / peak, "adam_step_ms": {k: 1e3 * v for k, v in adam.items()}, "host_phases": phases, "host_shares": shares, "aten_calls_per_step": sum(e.count for e in events) / steps,
-           "top_ops": [{"op": e.key, "calls_per_step": e.count / steps, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps}
-                       for e in ops]}
+           "of_peak": flops / step_s / peak, "adam_step_ms": {k: 1e3 * v for k, v in adam.items()},
+           "host_phases": phases, "host_shares": shares,
+           "aten_calls_per_step": sum(e.count for e in events) / steps,
+           "top_ops": [{"op": e.key, "calls_per_step": e.count / steps,
+                        "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps} for e in ops]}
     if dev.type == "cuda":
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
         busy_us = sum(e.time_range.elapsed_us() for e in kernels)

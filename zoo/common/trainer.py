@@ -124,7 +124,7 @@ class TrainConfig:
 def fused_optimiser(device: torch.device) -> bool | None:
     """Fused optimiser kernels (the whole update in one kernel for all parameters) on CUDA, where the
     per-tensor default costs a launch per op. On the CPU torch's default: the fused CPU Adam step is
-    several times faster (`zoo bench profile`) but only 1-2% of a quick U-Net step, and it would
+    several times faster (`zoo bench profile`) but only 3-7% of a quick U-Net step, and it would
     change the floating-point path of every CPU run, so committed results would no longer rerun
     bit-identically from their config.json."""
     return True if device.type == "cuda" else None
