@@ -41,7 +41,7 @@ def test_registry_and_config():
 
 @pytest.mark.parametrize("field,bad,choices", [
     ("param", "score", "eps, x0, v, mean"), ("loss", "l1", "simple, elbo-eps, mean-matching"),
-    ("schedule", "cubic", "linear, quadratic, sigmoid, cosine"), ("arch", "resnet", "unet, scorenet, mlp"),
+    ("schedule", "cubic", "linear, quadratic, sigmoid, cosine"), ("arch", "resnet", "unet, scorenet, scorenet-padded, mlp"),
     ("sampler", "euler", "ddpm, ddim, ode"), ("variance", "fixed", "beta, beta_tilde, learned"),
     ("mm_target", "x0", "posterior, analytic"), ("mm_reduction", "max", "sum, mean"),
     ("method", "rk4", "euler, heun"), ("spacing", "uniform", "leading, trailing, linspace"),

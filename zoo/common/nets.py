@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -162,27 +163,34 @@ class ScoreNet(nn.Module):
 
     Time enters as Gaussian-Fourier features -> Linear -> swish, added as a per-channel bias
     before each GroupNorm. ``num_classes`` adds an optional class embedding to that vector.
+
+    ``padding=0`` is the seed's mean network (valid convolutions); ``padding=1`` its eps network
+    (``001_...`` Coding II, 28 -> 28 -> 14 -> 7 -> 4 and back). Every layer is conv -> GroupNorm,
+    so no path carries an image's mean level through unnormalised: with valid convolutions a
+    constant added to the input only shifts each channel, which the norms largely remove, and an
+    eps network built so cannot predict the noise's mean (docs/results/paper/README.md). Zero padding
+    makes that level visible at the border.
     """
 
     def __init__(self, channels=(32, 64, 128, 256), embed_dim: int = 256, group_num: int = 4,
-                 num_classes: int = 0, in_channels: int = 1, out_channels: int = 1):
+                 num_classes: int = 0, in_channels: int = 1, out_channels: int = 1, padding: int = 0):
         super().__init__()
-        c = list(channels)
+        c, p = list(channels), padding
         self.num_classes = num_classes
         self.embed = nn.Sequential(GaussianFourierProjection(embed_dim), nn.Linear(embed_dim, embed_dim))
         self.class_embed = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
         gn = lambda n: nn.GroupNorm(group_num, n)  # noqa: E731
         dense = lambda n: nn.Linear(embed_dim, n)  # noqa: E731
         self.conv = nn.ModuleList([
-            nn.Conv2d(in_channels, c[0], 3, stride=1, bias=False),
-            nn.Conv2d(c[0], c[1], 3, stride=2, bias=False),
-            nn.Conv2d(c[1], c[2], 3, stride=2, bias=False),
-            nn.Conv2d(c[2], c[3], 3, stride=2, bias=False)])
+            nn.Conv2d(in_channels, c[0], 3, stride=1, padding=p, bias=False),
+            nn.Conv2d(c[0], c[1], 3, stride=2, padding=p, bias=False),
+            nn.Conv2d(c[1], c[2], 3, stride=2, padding=p, bias=False),
+            nn.Conv2d(c[2], c[3], 3, stride=2, padding=p, bias=False)])
         self.tconv = nn.ModuleList([
-            nn.ConvTranspose2d(c[3], c[2], 3, stride=2, bias=False),
-            nn.ConvTranspose2d(2 * c[2], c[1], 3, stride=2, bias=False, output_padding=1),
-            nn.ConvTranspose2d(2 * c[1], c[0], 3, stride=2, bias=False, output_padding=1)])
-        self.final = nn.ConvTranspose2d(2 * c[0], out_channels, 3, stride=1)
+            nn.ConvTranspose2d(c[3], c[2], 3, stride=2, padding=p, bias=False),
+            nn.ConvTranspose2d(2 * c[2], c[1], 3, stride=2, padding=p, bias=False, output_padding=1),
+            nn.ConvTranspose2d(2 * c[1], c[0], 3, stride=2, padding=p, bias=False, output_padding=1)])
+        self.final = nn.ConvTranspose2d(2 * c[0], out_channels, 3, stride=1, padding=p)
         self.dense = nn.ModuleList([dense(n) for n in (c[0], c[1], c[2], c[3], c[2], c[1], c[0])])
         self.norm = nn.ModuleList([gn(n) for n in (c[0], c[1], c[2], c[3], c[2], c[1], c[0])])
 
@@ -247,11 +255,12 @@ def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-ARCHITECTURES = {"unet": UNet, "scorenet": ScoreNet, "mlp": MLP}
+ARCHITECTURES = {"unet": UNet, "scorenet": ScoreNet, "scorenet-padded": partial(ScoreNet, padding=1), "mlp": MLP}
 
 
 def build_net(arch: str, **kw) -> nn.Module:
-    """Build a network by name: ``unet`` (kw -> UNetConfig), ``scorenet`` or ``mlp``."""
+    """Build a network by name: ``unet`` (kw -> UNetConfig), ``scorenet`` (the seed's mean network),
+    ``scorenet-padded`` (the seed's eps network) or ``mlp``."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     if arch == "unet":

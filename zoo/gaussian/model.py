@@ -46,14 +46,14 @@ from zoo.gaussian.samplers import ODE_METHODS, SAMPLERS
 from zoo.gaussian.schedules import SCHEDULES, SPACINGS, make_betas, rescale_betas_zero_snr
 
 PARAMS = ("eps", "x0", "v", "mean")
-ARCHS = ("unet", "scorenet", "mlp")
+ARCHS = ("unet", "scorenet", "scorenet-padded", "mlp")
 T_SAMPLING = ("uniform", "importance")
 
 
 @dataclass(frozen=True)
 class Config:
     data: str = "mnist-grey"
-    arch: str = "unet"  # unet | scorenet | mlp
+    arch: str = "unet"  # unet | scorenet (seed 001 mean net) | scorenet-padded (its eps net) | mlp
     channels: tuple[int, ...] = (32, 64, 128)  # unet / scorenet widths
     hidden: int = 128  # mlp width
     layers: int = 3  # mlp hidden layers
