@@ -51,6 +51,22 @@ ZOO_BOUNDS = {"gaussian": {"elbo", "ode"}, "gaussian_learned": {"elbo", "ode"}, 
               "absorbing": {"elbo"}, "gaussian_binary": {"elbo"}, "vae": {"elbo", "nll"}, "vae_grey": {"elbo", "nll"}}
 
 
+def test_zoo_entries_train_a_subset_and_are_validated(fake_mnist, tmp_path):
+    from zoo.common.config import ConfigError
+
+    m = run_experiment("zoo", preset="smoke", out_dir=tmp_path / "a", overrides=["entries=gaussian,vae_grey",
+                                                                                "digits=1e9"])
+    assert set(m["rows"]) == {"gaussian", "vae_grey"}
+    assert {r["entry"] for r in m["likelihoods"]} == {"gaussian", "vae_grey"}
+    assert m["sharpness"]["tested"] and m["sharpness"]["verdict"] in ("yes", "no")  # every model passes a gate of 1e9
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "Grey MNIST, bits/dim" in report and "Binarised MNIST" not in report
+    for bad in ("entries=gaussian,vea", "entries=vae,vae", "digits=0"):
+        with pytest.raises(ConfigError):
+            run_experiment("zoo", preset="smoke", out_dir=tmp_path / "b", overrides=[bad])
+    assert not (tmp_path / "b").exists()  # nothing written before validation
+
+
 def test_zoo_table_smoke(fake_mnist, tmp_path):
     import csv
     import hashlib
@@ -102,6 +118,10 @@ def test_zoo_table_smoke(fake_mnist, tmp_path):
     assert sharp["real"] == pytest.approx(float(total_variation((real + 1) / 2).mean()), rel=1e-6)
     assert sharp["vae_means"] == rows["vae_grey"]["total_variation_mean"] != rows["vae_grey"]["total_variation"]
     assert sharp["vae_blurrier"] == (sharp["vae_means"] < rows["gaussian"]["total_variation"])
+    # the claim is tested only where the VAE's means and the diffusion's samples both make digits
+    assert sharp["vae_means_classifier_fid"] == rows["vae_grey"]["classifier_fid_mean"] > 0
+    assert sharp["tested"] == (max(sharp["vae_means_classifier_fid"], rows["gaussian"]["classifier_fid"]) < 10)
+    assert sharp["verdict"] == (("yes" if sharp["vae_blurrier"] else "no") if sharp["tested"] else "not tested")
     report = (tmp_path / "report.md").read_text()
     assert "**Sharpness**" in report and "Direct comparisons" in report and "84.78" in report and "none defined" not in report
     assert len((tmp_path / "table.csv").read_text().splitlines()) == 9
