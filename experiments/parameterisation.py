@@ -114,7 +114,7 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
                   f"{cfg.digits:g}), so this ordering tests the claim." if informative else
                   f"But not both make digits at this budget (classifier FID not below {cfg.digits:g}; uniform noise "
                   f"scores {ceiling['classifier_fid']:.0f}; see the grids), so this ordering is no evidence either way.")
-               if both else "The mean or eps model diverged, so the comparison could not be made.")
+               if both else _why_not_compared(cfg.params, ok))
     body = [f"FIDs from {cfg.eval.n_samples} samples per model, all from the same noise; with fewer than 1000 "
             f"samples both are biased upwards: compare rows, not the seed's absolute numbers. The seed's data "
             f"were in [0, 1]; this run's are `{cfg.model.data}` ("
@@ -129,6 +129,14 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
                "eps_better_classifier_fid": by_classifier, "n_samples": cfg.eval.n_samples}
     title = "Mean (rho0, rho1) vs eps prediction (and x0, v): sample FID"
     return Result(metrics, Report(title, CLAIM, body, finding, v))
+
+
+def _why_not_compared(params: tuple[str, ...], ok: dict[str, bool]) -> str:
+    missing = [p for p in ("mean", "eps") if p not in params]
+    if missing:
+        return (f"This run trained {', '.join(params)} only, without {' and '.join(missing)}, so it does not compare "
+                f"mean with eps; its numbers stand beside another run's.")
+    return f"The {' and '.join(p for p in ('mean', 'eps') if not ok[p])} model diverged, so the comparison could not be made."
 
 
 _BASE = ParameterisationConfig()

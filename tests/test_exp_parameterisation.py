@@ -68,3 +68,32 @@ def test_parameterisation_on_the_seeds_unit_pixels(fake_mnist, tmp_path, monkeyp
     run_experiment("parameterisation", preset="smoke", out_dir=tmp_path, overrides=["model.data=mnist-unit"])
     assert len(seen) == 2 and all(lo == 0 and 0.9 < hi <= 1 for lo, hi in seen)
     assert "[0, 1], as the seed" in (tmp_path / "report.md").read_text()
+
+
+def test_the_seeds_eps_network_keeps_every_resolution():
+    """arch `scorenet-padded` is seed 001's eps network (Coding II: padding 1 everywhere): 28 -> 28 ->
+    14 -> 7 -> 4 and back, where the mean network (valid convolutions) goes 28 -> 26 -> 12 -> 5 -> 2;
+    the same weights' shapes, so the same parameter count."""
+    import torch
+
+    from zoo.common.nets import build_net, count_parameters
+
+    sizes = {}
+    for arch in ("scorenet", "scorenet-padded"):
+        net, seen = build_net(arch, channels=(4, 8, 8, 16)), []
+        for conv in net.conv:
+            conv.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+        out = net(torch.randn(2, 1, 28, 28), torch.rand(2))
+        sizes[arch] = (seen, out.shape, count_parameters(net))
+    assert sizes["scorenet"][0] == [26, 12, 5, 2] and sizes["scorenet-padded"][0] == [28, 14, 7, 4]
+    assert sizes["scorenet"][1] == sizes["scorenet-padded"][1] == (2, 1, 28, 28)
+    assert sizes["scorenet"][2] == sizes["scorenet-padded"][2]
+
+
+def test_a_run_of_one_parameterisation_says_it_compares_nothing(fake_mnist, tmp_path):
+    m = run_experiment("parameterisation", preset="smoke", out_dir=tmp_path,
+                       overrides=["params=eps", "model.arch=scorenet-padded"])
+    assert set(m["results"]) == {"eps"} and m["results"]["eps"]["diverged"] is None
+    assert m["verdict"]["reproduced"] == "not tested" and not m["informative"]
+    report = (tmp_path / "report.md").read_text()
+    assert "trained eps only, without mean" in report and "diverged" not in report.split("## Finding")[1]
