@@ -142,6 +142,8 @@ def run(cfg: ZooConfig, ctx: RunContext) -> Result:
         bound_rows += [{"entry": f.name, "formulation": LABELS[f.name], "data": model_cfg.data, "kind": kind,
                         "bound": BOUNDS[kind].format(k=getattr(model_cfg, "iwae_k", "")), **v} for kind, v in lik.items()]
         panels[LABELS[f.name]] = to_unit(out.x[:36], model_cfg.data)
+        if means is not None:  # what the sharpness claim compares
+            panels[f"{LABELS[f.name]}: decoder means"] = to_unit(means[:36], model_cfg.data)
     ctx.remove_checkpoints()  # the table is the product
     fig_name = ctx.savefig(grid_figure(panels, nrow=6), "samples")
     _write_csv(ctx, "table.csv", [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in rows.values()])
