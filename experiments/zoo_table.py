@@ -128,17 +128,17 @@ def run(cfg: ZooConfig, ctx: RunContext) -> Result:
             lik = likelihoods(m, model_cfg.data, test, cfg.eval.nll_chunk, ctx.seed + 13, cfg.ode_steps)
             # sharpness (seed 004, VAE (d)): the VAE's decoder means, the images a VAE is usually shown by
             means = draw(m, cfg.eval.n_samples, cfg.eval.sample_chunk, gen, mean=True).x if f.name.startswith("vae") else None
+        mean_cols = {}
         if means is not None:  # the digits gate of the sharpness claim judges the images it compares
-            mean_quality = quality(means, model_cfg.data)
+            q = quality(means, model_cfg.data)
+            mean_cols = {"total_variation_mean": _tv(means, model_cfg.data), "classifier_fid_mean": q["classifier_fid"],
+                         "pixel_fid_mean": q["pixel_fid"]}
         rows[f.name] = {"formulation": LABELS[f.name], "data": model_cfg.data, "protocol": protocol(model_cfg.data),
                         "train_s": trainer.train_seconds, "params": count_parameters(model),
                         "final_loss": [r for r in trainer.history if r["kind"] == "step"][-1]["loss"],
                         "sample_s_per_1000": out.seconds_per_1000, "nfe": out.nfe,
                         **quality(out.x, model_cfg.data), "likelihoods": lik, "test_images": record,
-                        "total_variation": _tv(out.x, model_cfg.data),
-                        **({"total_variation_mean": _tv(means, model_cfg.data),
-                            "classifier_fid_mean": mean_quality["classifier_fid"],
-                            "pixel_fid_mean": mean_quality["pixel_fid"]} if means is not None else {})}
+                        "total_variation": _tv(out.x, model_cfg.data), **mean_cols}
         bound_rows += [{"entry": f.name, "formulation": LABELS[f.name], "data": model_cfg.data, "kind": kind,
                         "bound": BOUNDS[kind].format(k=getattr(model_cfg, "iwae_k", "")), **v} for kind, v in lik.items()]
         panels[LABELS[f.name]] = to_unit(out.x[:36], model_cfg.data)

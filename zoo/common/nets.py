@@ -165,11 +165,10 @@ class ScoreNet(nn.Module):
     before each GroupNorm. ``num_classes`` adds an optional class embedding to that vector.
 
     ``padding=0`` is the seed's mean network (valid convolutions); ``padding=1`` its eps network
-    (``001_...`` Coding II, 28 -> 28 -> 14 -> 7 -> 4 and back). Every layer is conv -> GroupNorm,
-    so no path carries an image's mean level through unnormalised: with valid convolutions a
-    constant added to the input only shifts each channel, which the norms largely remove, and an
-    eps network built so cannot predict the noise's mean (docs/results/paper/README.md). Zero padding
-    makes that level visible at the border.
+    (``001_...`` Coding II, 28 -> 28 -> 14 -> 7 -> 4 and back). Every layer is conv -> GroupNorm, so
+    no path carries the input's mean level through unnormalised. As an eps network it learned that
+    level only when padded on [0, 1] pixels, where the zero padding equals the background
+    (docs/results/paper/README.md).
     """
 
     def __init__(self, channels=(32, 64, 128, 256), embed_dim: int = 256, group_num: int = 4,

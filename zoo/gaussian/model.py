@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from zoo.common.config import ConfigError, at_least, in_range, widths
-from zoo.common.nets import build_net
+from zoo.common.nets import ARCHITECTURES, build_net
 from zoo.common.data import DATASETS, example_shape
 from zoo.common.ode_likelihood import SOLVERS, ODELikelihoodError
 from zoo.common.utils import append_dims, module_device, randn, to_device
@@ -46,7 +46,7 @@ from zoo.gaussian.samplers import ODE_METHODS, SAMPLERS
 from zoo.gaussian.schedules import SCHEDULES, SPACINGS, make_betas, rescale_betas_zero_snr
 
 PARAMS = ("eps", "x0", "v", "mean")
-ARCHS = ("unet", "scorenet", "scorenet-padded", "mlp")
+ARCHS = tuple(ARCHITECTURES)
 T_SAMPLING = ("uniform", "importance")
 
 
