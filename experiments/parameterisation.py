@@ -2,7 +2,8 @@
 
 `mean`: the network output delta gives mu = rho0 (x_t - rho1 delta) with learnable rho0, rho1 on
 their own learning rate, trained with the per-pixel mean-matching loss (posterior draw of x_{t-1},
-the seed's diffusion_loss_reduced); `eps`: the network predicts the noise, trained with the ELBO
+the seed's diffusion_loss_reduced) on `model.arch`, the seed's In [2] ScoreNet without padding; `eps`:
+on `pred_arch`, by default the seed's Coding II network (padding 1), the network predicts the noise, trained with the ELBO
 weight beta_t/(2 alpha_t (1 - alpha_bar_t)) |eps - eps_hat|^2 summed over pixels (the seed's
 diffusion_loss_new); `x0` and `v` train with that same eps-space loss after the exact conversion.
 Every model samples by DDPM ancestral steps with variance beta_t (the seed's samplers), from the
@@ -18,7 +19,9 @@ import torch
 from experiments._shared import SEED001, SEED001_TRAIN
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
+from zoo.common.config import check
 from zoo.common.data import load_dataset, to_unit
+from zoo.common.nets import ARCHITECTURES
 from zoo.common.trainer import TrainConfig
 from zoo.evaluation import EvalConfig, draw, quality, real_floor
 from zoo.gaussian.model import Config, GaussianDiffusion
@@ -33,12 +36,24 @@ LOSS_OF = {"mean": dict(loss="mean-matching", mm_target="posterior", mm_reductio
 class ParameterisationConfig:
     # The seed's small ScoreNet; DDPM sampling with variance beta_t (the seed samples with
     # 1 - alpha_t), x0_hat not clamped (the seed does not clamp).
-    model: Config = replace(SEED001, channels=(8, 16, 32, 64), sampler="ddpm", variance="beta", clip_x0=False)
-    train: TrainConfig = SEED001_TRAIN
+    # The seed's pixels in [0, 1] (`mnist-unit`), which its padded eps network needs to see the image's
+    # mean level (docs/results/paper/parameterisation-diagnostics: on [-1, 1] its samples saturate).
+    model: Config = replace(SEED001, data="mnist-unit", channels=(8, 16, 32, 64), sampler="ddpm", variance="beta",
+                            clip_x0=False)
+    # StepLR(30, 0.1): the seed's In [14], which trained the mean network of the 12.6, and whose
+    # hyperparameter cell In [22] repeats for eps (its scheduler line is not in the write-up).
+    train: TrainConfig = replace(SEED001_TRAIN, step_size=30)
     eval: EvalConfig = EvalConfig(n_samples=1000, sample_chunk=500, n_ref=1000, n_test=0)
     params: tuple[str, ...] = ("mean", "eps", "x0", "v")
+    # The network of eps, x0 and v: the seed's Coding II ScoreNet has padding 1, its mean network
+    # (In [2], `model.arch`) none.
+    pred_arch: str = "scorenet-padded"
     n_train: int = 50000
     digits: float = 10.0  # the claim is tested only where mean and eps both make digits: classifier FID below this
+
+    def __post_init__(self):
+        check(self.pred_arch in ARCHITECTURES,
+              f"unknown pred_arch {self.pred_arch!r}; choose from {', '.join(ARCHITECTURES)}")
 
 
 CLAIM = """
@@ -55,10 +70,11 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
     results, panels, curves = {}, {}, {}
     for param in cfg.params:
         torch.manual_seed(ctx.seed)
-        model = GaussianDiffusion(replace(cfg.model, param=param, **LOSS_OF[param]))
+        arch = cfg.model.arch if param == "mean" else cfg.pred_arch
+        model = GaussianDiffusion(replace(cfg.model, param=param, arch=arch, **LOSS_OF[param]))
         trainer = ctx.fit(model, (x,), cfg.train, param, guarded=True)
         curves[param] = epoch_curve(trainer, "train_loss")
-        r = {"loss": LOSS_OF[param]["loss"], "train_seconds": trainer.train_seconds, "diverged": trainer.error,
+        r = {"loss": LOSS_OF[param]["loss"], "arch": arch, "train_seconds": trainer.train_seconds, "diverged": trainer.error,
              "final_train_loss": curves[param][-1] if curves[param] else float("nan")}
         if param == "mean":
             r.update(rho0=model.rho0.item(), rho1=model.rho1.item())
@@ -82,13 +98,13 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
     ax.legend(fontsize=8)
     loss_png = ctx.savefig(fig, "losses")
 
-    rows = [{"parameterisation": p, "loss": r["loss"], "pixel FID": r.get("pixel_fid", float("nan")),
+    rows = [{"parameterisation": p, "network": r["arch"], "loss": r["loss"], "pixel FID": r.get("pixel_fid", float("nan")),
              "classifier FID": r.get("classifier_fid", float("nan")), "train s": r["train_seconds"],
              "diverged": "yes" if r["diverged"] else "no"} for p, r in results.items()]
-    rows.append({"parameterisation": f"real train images ({cfg.eval.n_samples})", "loss": "-", "diverged": "-",
-                 "pixel FID": floor["pixel_fid"], "classifier FID": floor["classifier_fid"], "train s": "-"})
-    rows.append({"parameterisation": f"uniform noise ({cfg.eval.n_samples})", "loss": "-", "diverged": "-",
-                 "pixel FID": ceiling["pixel_fid"], "classifier FID": ceiling["classifier_fid"], "train s": "-"})
+    rows.append({"parameterisation": f"real train images ({cfg.eval.n_samples})", "network": "-", "loss": "-",
+                 "diverged": "-", "pixel FID": floor["pixel_fid"], "classifier FID": floor["classifier_fid"], "train s": "-"})
+    rows.append({"parameterisation": f"uniform noise ({cfg.eval.n_samples})", "network": "-", "loss": "-",
+                 "diverged": "-", "pixel FID": ceiling["pixel_fid"], "classifier FID": ceiling["classifier_fid"], "train s": "-"})
     ok = {p: "pixel_fid" in r for p, r in results.items()}
     both = ok.get("mean") and ok.get("eps")
     done = [p for p in results if ok[p]]
@@ -145,10 +161,12 @@ PRESETS = {
     "smoke": replace(_BASE, params=("mean", "eps"), n_train=60, model=replace(_BASE.model, channels=(4, 8, 8, 16), T=20),
                      train=replace(_BASE.train, epochs=1, batch_size=20),
                      eval=replace(_BASE.eval, n_samples=40, n_ref=40, sample_chunk=20)),
-    # 720 steps instead of 30000: x0_hat is clamped while sampling (the seed does not), else the
-    # under-trained eps models saturate to black and white.
-    "quick": replace(_BASE, n_train=6000, model=replace(_BASE.model, clip_x0=True),
-                     train=replace(_BASE.train, epochs=12, step_size=4), eval=replace(_BASE.eval, n_samples=500)),
+    # 720 steps instead of 30000 on [-1, 1] pixels, every model on the unpadded network: x0_hat is
+    # clamped while sampling (the seed does not), else the under-trained eps models saturate to black
+    # and white.
+    "quick": replace(_BASE, n_train=6000, model=replace(_BASE.model, data="mnist-grey", clip_x0=True),
+                     pred_arch="scorenet", train=replace(_BASE.train, epochs=12, step_size=4),
+                     eval=replace(_BASE.eval, n_samples=500)),
     "paper": _BASE,
 }
 experiment("parameterisation", "rho-mean vs eps (and x0, v) prediction on the seed ScoreNet: pixel and classifier FID",

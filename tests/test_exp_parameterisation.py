@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from experiments import run_experiment
 from experiments.parameterisation import PRESETS
 
@@ -54,20 +56,39 @@ def test_parameterisation_smoke(fake_mnist, tmp_path):
     assert _drop_clock(json.loads((tmp_path / "b" / "metrics.json").read_text())) == _drop_clock(first)
 
 
-def test_parameterisation_on_the_seeds_unit_pixels(fake_mnist, tmp_path, monkeypatch):
-    """`--set model.data=mnist-unit` trains on [0, 1] pixels, as the seed did, and the report says so."""
+def test_parameterisation_trains_on_the_seeds_pixels_and_networks(fake_mnist, tmp_path, monkeypatch):
+    """By default every model trains on [0, 1] pixels as the seed did, the mean model on `model.arch`
+    (the seed's unpadded In [2] ScoreNet) and eps on `pred_arch` (its padded Coding II network), and
+    the report says so; `--set model.data=mnist-grey` gives [-1, 1] pixels."""
     from experiments.registry import RunContext
 
     seen, real_fit = [], RunContext.fit
 
     def fit(self, model, data, *args, **kwargs):
-        seen.append((data[0].min().item(), data[0].max().item()))
+        seen.append((model.cfg.param, model.cfg.arch, data[0].min().item(), data[0].max().item()))
         return real_fit(self, model, data, *args, **kwargs)
 
     monkeypatch.setattr(RunContext, "fit", fit)
-    run_experiment("parameterisation", preset="smoke", out_dir=tmp_path, overrides=["model.data=mnist-unit"])
-    assert len(seen) == 2 and all(lo == 0 and 0.9 < hi <= 1 for lo, hi in seen)
-    assert "[0, 1], as the seed" in (tmp_path / "report.md").read_text()
+    m = run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "unit")
+    assert [s[:2] for s in seen] == [("mean", "scorenet"), ("eps", "scorenet-padded")]
+    assert all(lo == 0 and 0.9 < hi <= 1 for *_, lo, hi in seen)
+    assert {p: r["arch"] for p, r in m["results"].items()} == {"mean": "scorenet", "eps": "scorenet-padded"}
+    report = (tmp_path / "unit" / "report.md").read_text()
+    assert "[0, 1], as the seed" in report and "scorenet-padded" in report
+
+    seen.clear()
+    run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "grey",
+                   overrides=["model.data=mnist-grey", "pred_arch=scorenet"])
+    assert [s[:2] for s in seen] == [("mean", "scorenet"), ("eps", "scorenet")]
+    assert all(lo == -1 and 0.9 < hi <= 1 for *_, lo, hi in seen)
+
+
+def test_an_unknown_pred_arch_is_a_usage_error_before_anything_is_written(tmp_path):
+    from experiments.registry import UsageError
+
+    with pytest.raises(UsageError, match="unknown pred_arch 'resnet'"):
+        run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "x", overrides=["pred_arch=resnet"])
+    assert not (tmp_path / "x").exists()
 
 
 def test_the_seeds_eps_network_keeps_every_resolution():
@@ -92,7 +113,7 @@ def test_the_seeds_eps_network_keeps_every_resolution():
 
 def test_a_run_of_one_parameterisation_says_it_compares_nothing(fake_mnist, tmp_path):
     m = run_experiment("parameterisation", preset="smoke", out_dir=tmp_path,
-                       overrides=["params=eps", "model.arch=scorenet-padded"])
+                       overrides=["params=eps"])
     assert set(m["results"]) == {"eps"} and m["results"]["eps"]["diverged"] is None
     assert m["verdict"]["reproduced"] == "not tested" and not m["informative"]
     report = (tmp_path / "report.md").read_text()
