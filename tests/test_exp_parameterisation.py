@@ -65,12 +65,12 @@ def test_parameterisation_trains_on_the_seeds_pixels_and_networks(fake_mnist, tm
     seen, real_fit = [], RunContext.fit
 
     def fit(self, model, data, *args, **kwargs):
-        seen.append((model.cfg.param, model.cfg.arch, data[0].min().item(), data[0].max().item()))
+        seen.append((model.cfg.param, model.cfg.arch, model.cfg.t_min, data[0].min().item(), data[0].max().item()))
         return real_fit(self, model, data, *args, **kwargs)
 
     monkeypatch.setattr(RunContext, "fit", fit)
     m = run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "unit")
-    assert [s[:2] for s in seen] == [("mean", "scorenet"), ("eps", "scorenet-padded")]
+    assert [s[:3] for s in seen] == [("mean", "scorenet", 1), ("eps", "scorenet-padded", 1)]
     assert all(lo == 0 and 0.9 < hi <= 1 for *_, lo, hi in seen)
     assert {p: r["arch"] for p, r in m["results"].items()} == {"mean": "scorenet", "eps": "scorenet-padded"}
     report = (tmp_path / "unit" / "report.md").read_text()
@@ -78,17 +78,29 @@ def test_parameterisation_trains_on_the_seeds_pixels_and_networks(fake_mnist, tm
 
     seen.clear()
     run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "grey",
-                   overrides=["model.data=mnist-grey", "pred_arch=scorenet"])
-    assert [s[:2] for s in seen] == [("mean", "scorenet"), ("eps", "scorenet")]
+                   overrides=["model.data=mnist-grey", "pred_arch=scorenet", "mean_t_min=2"])
+    # mean_t_min: the seed's step range of the mean loss (2..T), eps keeps SPEC's 1..T.
+    assert [s[:3] for s in seen] == [("mean", "scorenet", 2), ("eps", "scorenet", 1)]
     assert all(lo == -1 and 0.9 < hi <= 1 for *_, lo, hi in seen)
 
 
-def test_an_unknown_pred_arch_is_a_usage_error_before_anything_is_written(tmp_path):
+@pytest.mark.parametrize("override, message", [("pred_arch=resnet", "unknown pred_arch 'resnet'"),
+                                               ("mean_t_min=0", "mean_t_min must be an integer in"),
+                                               ("mean_t_min=21", "mean_t_min must be an integer in")])
+def test_a_bad_field_is_a_usage_error_before_anything_is_written(tmp_path, override, message):
     from experiments.registry import UsageError
 
-    with pytest.raises(UsageError, match="unknown pred_arch 'resnet'"):
-        run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "x", overrides=["pred_arch=resnet"])
+    with pytest.raises(UsageError, match=message):
+        run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "x", overrides=[override])
     assert not (tmp_path / "x").exists()
+
+
+def test_the_paper_preset_is_the_seeds_setting():
+    cfg = PRESETS["paper"]
+    assert (cfg.model.data, cfg.model.arch, cfg.pred_arch, cfg.mean_t_min, cfg.model.T) == \
+        ("mnist-unit", "scorenet", "scorenet-padded", 2, 200)
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.step_size, cfg.model.rho_lr) == \
+        (60, 100, 0.01, 30, 0.2)
 
 
 def test_the_seeds_eps_network_keeps_every_resolution():

@@ -110,6 +110,31 @@ def test_mean_parameterisation():
     assert len(toy().param_groups(1e-3)) == 1
 
 
+def test_t_min_restricts_the_training_steps():
+    """t ~ U{t_min..T} in the loss (seed 001's code never trains step 1); the default draws every step."""
+    seen = {}
+    for t_min in (1, 2, 20):
+        model, drawn = toy(param="mean", loss="mean-matching", t_min=t_min), []
+        real = model.loss_fn
+        model.loss_fn = lambda process, x0, x_t, t, *a: (drawn.append(t), real(process, x0, x_t, t, *a))[1]
+        torch.manual_seed(0)
+        for _ in range(20):
+            model.loss((torch.randn(100, 2),))
+        seen[t_min] = torch.cat(drawn)
+    # 2000 draws from 20 (19) steps: each is drawn with probability 1 - (1 - 1/20)^2000 ~ 1 - 1e-44.
+    assert set(seen[1].tolist()) == set(range(1, 21))
+    assert set(seen[2].tolist()) == set(range(2, 21))
+    assert set(seen[20].tolist()) == {20}
+
+
+@pytest.mark.parametrize("bad", [0, 21, 1.5, True])
+def test_t_min_is_validated(bad):
+    with pytest.raises(GaussianConfigError, match="t_min"):
+        toy(t_min=bad)
+    with pytest.raises(GaussianConfigError, match="t_min 2 restricts uniform step sampling"):
+        toy(t_min=2, learn_variance=True, t_sampling="importance")
+
+
 def test_label_dropout_and_guided_sampling():
     model = tiny_image(num_classes=10, label_dropout=0.3)
     seen = []

@@ -83,6 +83,9 @@ class Config:
     learn_variance: bool = False  # extra output v: log sigma^2 = f log beta + (1 - f) log beta_tilde
     vlb_weight: float = 0.001  # lambda of the hybrid loss L + lambda L_vlb (learn_variance)
     t_sampling: str = "uniform"  # uniform | importance (sqrt E[L_t^2], learn_variance only)
+    # Training steps t ~ U{t_min..T}: SPEC's 1; seed 001's code trains 2..T (its randint(1, T) over
+    # 0-based steps never draws step 1, whose mean-matching weight 1/(2 beta_1) is 5000 at beta_1 = 1e-4).
+    t_min: int = 1
 
     def __post_init__(self):
         validate(self)
@@ -116,6 +119,9 @@ def validate(cfg: Config) -> None:
     if cfg.zero_terminal_snr and cfg.loss not in ZERO_SNR_LOSSES:
         raise GaussianConfigError(f"zero_terminal_snr makes the weight of loss {cfg.loss!r} infinite at t = T "
                                   f"(alpha_T = 0): choose from {', '.join(ZERO_SNR_LOSSES)}")
+    if cfg.t_min > 1 and cfg.t_sampling != "uniform":
+        raise GaussianConfigError(f"t_min {cfg.t_min} restricts uniform step sampling; t_sampling "
+                                  f"{cfg.t_sampling!r} draws every step: set t_min=1")
     if not cfg.learn_variance:
         for field, value in (("variance", "learned"), ("nll_variance", "learned"), ("t_sampling", "importance")):
             if getattr(cfg, field) == value:
@@ -136,6 +142,8 @@ def _validate_ranges(cfg: Config) -> None:
     at_least(cfg.num_classes, "num_classes", 0)
     in_range(cfg.label_dropout, "label_dropout", 0, 1)
     at_least(cfg.steps, "steps", 1, optional=True)
+    at_least(cfg.t_min, "t_min", 1)
+    in_range(cfg.t_min, "t_min", 1, cfg.T)
     if cfg.steps is not None:
         in_range(cfg.steps, "steps", 1, cfg.T)
     in_range(cfg.eta, "eta", 0, None)
@@ -303,7 +311,7 @@ class GaussianDiffusion(nn.Module):
             t, weights = self.t_sampler.sample(x0.shape[0])  # (B,), (B,)
             t, weights = t.to(x0.device), weights.to(device=x0.device, dtype=x0.dtype)
         else:
-            t, weights = torch.randint(1, self.cfg.T + 1, (x0.shape[0],), device=x0.device), None  # (B,)
+            t, weights = torch.randint(self.cfg.t_min, self.cfg.T + 1, (x0.shape[0],), device=x0.device), None  # (B,)
         eps = torch.randn_like(x0)
         x_t = self.process.q_sample(x0, t, eps)
         eps_hat, v = self.eps_and_v(x_t, t, y)
