@@ -1,4 +1,4 @@
-"""The full-budget eps model (docs/results/paper/parameterisation/) sampled again from the same noise,
+"""The full-budget eps model (docs/results/paper/parameterisation-grey/) sampled again from the same noise,
 with x0_hat clamped to [-1, 1] (and eps re-derived) at every DDPM step instead of unclamped as the seed
 samples. Run from the repository root with the run's final eps checkpoint:
 
