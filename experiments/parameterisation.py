@@ -3,8 +3,8 @@
 `mean`: the network output delta gives mu = rho0 (x_t - rho1 delta) with learnable rho0, rho1 on
 their own learning rate, trained with the per-pixel mean-matching loss (posterior draw of x_{t-1},
 the seed's diffusion_loss_reduced) on `model.arch`, the seed's In [2] ScoreNet without padding; `eps`:
-on `pred_arch`, by default the seed's Coding II network (padding 1), the network predicts the noise, trained with the ELBO
-weight beta_t/(2 alpha_t (1 - alpha_bar_t)) |eps - eps_hat|^2 summed over pixels (the seed's
+the network `pred_arch` (by default the seed's Coding II ScoreNet, padding 1) predicts the noise,
+trained with the ELBO weight beta_t/(2 alpha_t (1 - alpha_bar_t)) |eps - eps_hat|^2 summed over pixels (the seed's
 diffusion_loss_new); `x0` and `v` train with that same eps-space loss after the exact conversion.
 Every model samples by DDPM ancestral steps with variance beta_t (the seed's samplers), from the
 same noise; then pixel FID (seed 001's, against the first test images) and classifier FID.
@@ -82,8 +82,8 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
         model = GaussianDiffusion(replace(cfg.model, param=param, arch=arch, t_min=t_min, **LOSS_OF[param]))
         trainer = ctx.fit(model, (x,), cfg.train, param, guarded=True)
         curves[param] = epoch_curve(trainer, "train_loss")
-        r = {"loss": LOSS_OF[param]["loss"], "arch": arch, "t_min": t_min, "train_seconds": trainer.train_seconds, "diverged": trainer.error,
-             "final_train_loss": curves[param][-1] if curves[param] else float("nan")}
+        r = {"loss": LOSS_OF[param]["loss"], "arch": arch, "t_min": t_min, "train_seconds": trainer.train_seconds,
+             "diverged": trainer.error, "final_train_loss": curves[param][-1] if curves[param] else float("nan")}
         if param == "mean":
             r.update(rho0=model.rho0.item(), rho1=model.rho1.item())
         if trainer.error is None:  # the same noise for every model
@@ -110,10 +110,10 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
              "training steps": f"{r['t_min']}..{cfg.model.T}", "pixel FID": r.get("pixel_fid", float("nan")),
              "classifier FID": r.get("classifier_fid", float("nan")), "train s": r["train_seconds"],
              "diverged": "yes" if r["diverged"] else "no"} for p, r in results.items()]
-    rows.append({"parameterisation": f"real train images ({cfg.eval.n_samples})", "network": "-", "loss": "-",
-                 "training steps": "-", "diverged": "-", "pixel FID": floor["pixel_fid"], "classifier FID": floor["classifier_fid"], "train s": "-"})
-    rows.append({"parameterisation": f"uniform noise ({cfg.eval.n_samples})", "network": "-", "loss": "-",
-                 "training steps": "-", "diverged": "-", "pixel FID": ceiling["pixel_fid"], "classifier FID": ceiling["classifier_fid"], "train s": "-"})
+    for label, ref in (("real train images", floor), ("uniform noise", ceiling)):
+        rows.append({"parameterisation": f"{label} ({cfg.eval.n_samples})", "network": "-", "loss": "-",
+                     "training steps": "-", "pixel FID": ref["pixel_fid"], "classifier FID": ref["classifier_fid"],
+                     "train s": "-", "diverged": "-"})
     ok = {p: "pixel_fid" in r for p, r in results.items()}
     both = ok.get("mean") and ok.get("eps")
     done = [p for p in results if ok[p]]
@@ -161,7 +161,8 @@ def _why_not_compared(params: tuple[str, ...], ok: dict[str, bool]) -> str:
     if missing:
         return (f"This run trained {', '.join(params)} only, without {' and '.join(missing)}, so it does not compare "
                 f"mean with eps; its numbers stand beside another run's.")
-    return f"The {' and '.join(p for p in ('mean', 'eps') if not ok[p])} model diverged, so the comparison could not be made."
+    failed = " and ".join(p for p in ("mean", "eps") if not ok[p])
+    return f"The {failed} model diverged, so the comparison could not be made."
 
 
 _BASE = ParameterisationConfig()
