@@ -12,7 +12,9 @@
    posterior mean given mean(x_t), from a Gaussian fit of the training images' means (a 1-D
    computation, no network). Every other direction of eps_hat is the network's.
 
-    PYTHONPATH=. python docs/results/paper/parameterisation-diagnostics/eps_level.py EPS_CKPT OUT_DIR
+    PYTHONPATH=. python docs/results/paper/parameterisation-diagnostics/eps_level.py EPS_CKPT OUT_DIR [NOISE_SEED]
+
+NOISE_SEED (default 1) seeds the sampling noise: the run's own is its seed + 1.
 """
 
 import json
@@ -27,6 +29,7 @@ from zoo.evaluation import draw, quality
 from zoo.workflows import load_model
 
 ckpt, out = sys.argv[1], Path(sys.argv[2])
+noise_seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 out.mkdir(parents=True, exist_ok=True)
 _, cfg, model = load_model(ckpt)
 model.eval()
@@ -85,7 +88,7 @@ class LevelCorrected(torch.nn.Module):
 rows, panels, network = {}, {}, model.net
 for name, net in (("network", network), ("level-corrected", LevelCorrected(network))):
     model.net = net  # the sampler calls model.net: only the mean of eps_hat differs between the two
-    res = draw(model, 1000, 500, torch.Generator().manual_seed(1))  # the run's noise (seed 0 + 1)
+    res = draw(model, 1000, 500, torch.Generator().manual_seed(noise_seed))  # the run's noise: its seed + 1
     q = quality(res.x, cfg.data, 1000)
     level = res.x.mean((1, 2, 3))  # in data units, as data_level_std
     unit = to_unit(res.x, cfg.data).mean((1, 2, 3))  # blank: nearly all black or all white
