@@ -14,7 +14,8 @@
 
     PYTHONPATH=. python docs/results/paper/parameterisation-diagnostics/eps_level.py EPS_CKPT OUT_DIR [NOISE_SEED]
 
-NOISE_SEED (default 1) seeds the sampling noise: the run's own is its seed + 1.
+NOISE_SEED (default 1) seeds the sampling noise: the run's own is its seed + 1; `none` runs the probe
+only (parts 1 and 2, no sampling).
 """
 
 import json
@@ -29,7 +30,7 @@ from zoo.evaluation import draw, quality
 from zoo.workflows import load_model
 
 ckpt, out = sys.argv[1], Path(sys.argv[2])
-noise_seed = int(sys.argv[3]) if len(sys.argv) > 3 else 1
+noise_seed = None if sys.argv[3:] == ["none"] else int(sys.argv[3]) if len(sys.argv) > 3 else 1
 out.mkdir(parents=True, exist_ok=True)
 _, cfg, model = load_model(ckpt)
 model.eval()
@@ -85,17 +86,19 @@ class LevelCorrected(torch.nn.Module):
         return e - e.mean((1, 2, 3), keepdim=True) + m_eps.to(e.dtype)[:, None, None, None]
 
 
-rows, panels, network = {}, {}, model.net
-for name, net in (("network", network), ("level-corrected", LevelCorrected(network))):
-    model.net = net  # the sampler calls model.net: only the mean of eps_hat differs between the two
-    res = draw(model, 1000, 500, torch.Generator().manual_seed(noise_seed))  # the run's noise: its seed + 1
-    q = quality(res.x, cfg.data, 1000)
-    level = res.x.mean((1, 2, 3))  # in data units, as data_level_std
-    unit = to_unit(res.x, cfg.data).mean((1, 2, 3))  # blank: nearly all black or all white
-    rows[name] = {**q, "level_std": float(level.std()), "blank": float(((unit < 0.025) | (unit > 0.975)).float().mean())}
-    panels[f"eps, mean(eps_hat) from the {name}: pixel FID {q['pixel_fid']:.2f}, "
-           f"classifier FID {q['classifier_fid']:.2f}"] = to_unit(res.x[:64], cfg.data)
-grid_figure(panels, nrow=8).savefig(out / "eps_level.png", dpi=110, bbox_inches="tight")
+rows = {}
+if noise_seed is not None:
+    panels, network = {}, model.net
+    for name, net in (("network", network), ("level-corrected", LevelCorrected(network))):
+        model.net = net  # the sampler calls model.net: only the mean of eps_hat differs between the two
+        res = draw(model, 1000, 500, torch.Generator().manual_seed(noise_seed))  # the run's noise: its seed + 1
+        q = quality(res.x, cfg.data, 1000)
+        level = res.x.mean((1, 2, 3))  # in data units, as data_level_std
+        unit = to_unit(res.x, cfg.data).mean((1, 2, 3))  # blank: nearly all black or all white
+        rows[name] = {**q, "level_std": float(level.std()), "blank": float(((unit < 0.025) | (unit > 0.975)).float().mean())}
+        panels[f"eps, mean(eps_hat) from the {name}: pixel FID {q['pixel_fid']:.2f}, "
+               f"classifier FID {q['classifier_fid']:.2f}"] = to_unit(res.x[:64], cfg.data)
+    grid_figure(panels, nrow=8).savefig(out / "eps_level.png", dpi=110, bbox_inches="tight")
 result = {"checkpoint_arch": cfg.arch, "data_level_mean": mu_m, "data_level_std": var_m ** 0.5,
           "probe": probe, "dc_mode_final_std_if_blind": final_std, "samples": rows}
 (out / "eps_level.json").write_text(json.dumps(result, indent=1) + "\n")
