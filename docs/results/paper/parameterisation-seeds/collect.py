@@ -22,16 +22,16 @@ def row(arg: str) -> str:
              f"{r['pixel_fid']:.1f}", f"{r['classifier_fid']:.1f}"]
     if level:
         lv = json.loads((Path(level) / "eps_level.json").read_text())
-        probe, net = lv["probe"], lv["samples"]["network"]
+        probe, net, lc = lv["probe"], lv["samples"]["network"], lv["samples"]["level-corrected"]
         cells += [f"{net['level_std']:.3f} (real {lv['data_level_std']:.3f})", f"{probe['200']['slope']:.2f} / {probe['100']['slope']:.2f}",
-                  f"{lv['samples']['level-corrected']['classifier_fid']:.1f}"]
+                  f"{lc['pixel_fid']:.1f} / {lc['classifier_fid']:.1f}"]
     else:
         cells += ["", "", ""]
     return "| " + " | ".join(cells + [f"`{run}`"]) + " |"
 
 
 print("| StepLR step | seed | final train loss | pixel FID | classifier FID | std of the samples' mean level | level slope t = 200 / 100 "
-      "| classifier FID, level corrected | run |")
+      "| pixel / classifier FID, level corrected | run |")
 print("|---|---|---|---|---|---|---|---|---|")
 for a in sys.argv[1:]:
     print(row(a))
