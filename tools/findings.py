@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Refresh README.md's findings table from the committed results (`python3 tools/findings.py`).
+"""Refresh README.md's findings table from the committed results (`.venv/bin/python tools/findings.py`, torch needed).
 
 Reads docs/results/NAME/ (quick presets, this 2-core CPU) and docs/results/paper/NAME/ (paper
 budgets, on the machine each config.json names): each metrics.json's verdict and each config.json's
@@ -49,7 +49,8 @@ def table() -> str:
              "|---|---|---|---|"]
     for exp in sorted(REGISTRY.values(), key=lambda e: e.order):
         quick, paper = RESULTS / exp.name, RESULTS / "paper" / exp.name
-        source = paper if (paper / "metrics.json").exists() else quick
+        # The criterion as the experiment writes it now: quick results are the ones rerun at each change.
+        source = quick if (quick / "metrics.json").exists() else paper
         crit = (json.loads((source / "metrics.json").read_text()).get("verdict") or {}).get("criterion", "") \
             if (source / "metrics.json").exists() else ""
         lines.append(f"| {exp.name} | {cell(quick)} | {cell(paper)} | {crit.replace('|', '/')} |")
