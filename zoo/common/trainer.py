@@ -17,6 +17,7 @@ runs with DistributedDataParallel, each rank taking every world-th example of th
 
 from __future__ import annotations
 
+import atexit
 import copy
 import errno
 import fcntl
@@ -662,6 +663,12 @@ class RunLock:
         return False
 
 
+def _end_distributed() -> None:
+    """Destroy the default process group if it is still alive (idempotent; run at exit)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _init_distributed(device: torch.device) -> tuple[int, int]:
     """(world size, rank); starts the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -669,6 +676,9 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
         return 1, 0
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Started here, so ended here: a process that exits with a live gloo group can abort (SIGABRT)
+        # in interpreter finalisation, after its work is done (pytorch/pytorch#179291).
+        atexit.register(_end_distributed)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return dist.get_world_size(), dist.get_rank()
