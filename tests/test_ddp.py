@@ -12,8 +12,9 @@ import textwrap
 import torch
 
 SCRIPT = textwrap.dedent('''
-    import json, os, sys
+    import atexit, json, os, sys
     import torch
+    import torch.distributed as dist
     from torch import nn
     from zoo.common.trainer import TrainConfig, Trainer
 
@@ -45,8 +46,6 @@ SCRIPT = textwrap.dedent('''
     tr.fit()
     rank = int(os.environ["RANK"])
     torch.save({"model": tr.model.state_dict(), "ema": tr.ema.shadow}, f"{out}/rank{rank}.pt")
-    import atexit
-    import torch.distributed as dist
     alive = dist.is_initialized()
     atexit._run_exitfuncs()  # what the interpreter runs at exit, here, to see its effect
     with open(f"{out}/rank{rank}.json", "w") as f:
