@@ -221,7 +221,8 @@ def test_nll_against_a_brute_force_bound(fake_mnist, param, zero_snr):
     x, y = load_mnist("test", view="grey", limit=3)
     x = x.double()
     T, B = 6, x.shape[0]
-    model = build(Config(arch="unet", channels=(8, 16), T=T, beta_T=0.2, param=param, zero_terminal_snr=zero_snr))
+    model = build(Config(arch="unet", channels=(8, 16), T=T, beta_T=0.2, param=param, zero_terminal_snr=zero_snr,
+                         loss="v" if zero_snr else "simple"))
     model.net.forward = _toy_net
     terms = model.elbo_terms((x, y), generator=torch.Generator().manual_seed(0))
     nll = model.nll((x, y), generator=torch.Generator().manual_seed(0))
@@ -236,17 +237,71 @@ def test_nll_against_a_brute_force_bound(fake_mnist, param, zero_snr):
 
 
 @pytest.mark.parametrize("field,bad,choices", [("param", "eps", "x0, v"), ("param", "mean", "x0, v"),
-                                               ("loss", "elbo-eps", "simple"), ("loss", "mean-matching", "simple")])
+                                               ("loss", "simple", "v"), ("loss", "elbo-eps", "v"),
+                                               ("loss", "mean-matching", "v")])
 def test_zero_terminal_snr_is_validated(field, bad, choices):
-    kw = {"param": "v", field: bad}
-    with pytest.raises(GaussianConfigError, match=f"zero_terminal_snr .*{bad}.*: choose from {choices}"):
+    kw = {"param": "v", "loss": "v", field: bad}
+    with pytest.raises(GaussianConfigError, match=f"zero_terminal_snr.*{bad}.*: choose from {choices}"):
         build(Config(zero_terminal_snr=True, **kw))
     assert isinstance(GaussianConfigError("x"), ZooError)
 
 
+@pytest.mark.parametrize("param", ["eps", "mean"])
+def test_v_loss_needs_an_x0_or_v_prediction(param):
+    with pytest.raises(GaussianConfigError, match=f"loss 'v' .*{param}.*1/alpha_bar_t.*: choose from x0, v"):
+        build(Config(loss="v", param=param))
+
+
+def test_v_loss_is_the_x0_error_weighted_by_one_plus_snr():
+    """|v - v_hat|^2 against (1 + SNR_t) |x0 - x0_hat|^2 (the same x_t), in float64 from alpha_bar alone."""
+    p = VPProcess(make_betas("cosine", 50))
+    g = torch.Generator().manual_seed(0)
+    x0, eps, x0_hat = (torch.randn(6, 1, 4, 4, generator=g, dtype=f64) for _ in range(3))
+    t = torch.tensor([1, 10, 25, 40, 49, 50])
+    ab = p.alpha_bars[t - 1][:, None, None, None]
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    eps_hat = (x_t - ab.sqrt() * x0_hat) / (1 - ab).sqrt()  # the same x_t, read back with x0_hat
+    v_hat = ab.sqrt() * eps_hat - (1 - ab).sqrt() * x0_hat
+    got = losses.v_loss(p, x0, x_t, t, eps, v_hat)
+    want = ((1 + ab / (1 - ab)) * (x0 - x0_hat) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert losses.PREDICTION["v"] == "v" and all(losses.PREDICTION[k] == "eps" for k in ("simple", "elbo-eps"))
+
+
+@pytest.mark.parametrize("param", ["v", "x0"])
+def test_at_zero_terminal_snr_only_the_v_loss_reaches_the_network_at_t_T(param):
+    """At t = T (alpha_bar_T = 0) L_simple's eps_hat is x_T whatever the network says: zero gradient.
+    The v loss has one, and trained on a 2-D Gaussian blob the model's x0_hat at t = T becomes the data
+    mean E[x0] (x_T is independent of x0 there), which is where every sampler starts."""
+    torch.manual_seed(0)
+    model = build(Config(data="swiss-roll", arch="mlp", hidden=32, layers=2, schedule="cosine", T=20,
+                         param=param, loss="v", zero_terminal_snr=True))
+    p, B = model.process, 256
+    x0 = torch.tensor([1.5, -0.5]) + 0.3 * torch.randn(B, 2)
+    eps, t = torch.randn(B, 2), torch.full((B,), 20)
+    x_t = p.q_sample(x0, t, eps)
+    assert torch.equal(x_t, eps)
+    for loss, kind in ((losses.simple, "eps"), (losses.v_loss, "v")):
+        model.zero_grad()
+        pred = model.predict(x_t, t, prediction=kind)
+        loss(p, x0, x_t, t, eps, pred).mean().backward()
+        norm = sum(q.grad.abs().sum() for q in model.net.parameters() if q.grad is not None)
+        assert (float(norm) == 0) == (loss is losses.simple), (loss.__name__, float(norm))
+    data = torch.tensor([1.5, -0.5]) + 0.3 * torch.randn(4096, 2)
+    Trainer(model, (data,), TrainConfig(max_steps=400, epochs=100, batch_size=256, lr=3e-3,
+                                        lr_schedule="cosine", progress=False)).fit()
+    with torch.no_grad():
+        x0_hat = model.predict(torch.randn(2000, 2), torch.full((2000,), 20), prediction="x0")
+    # Untrained, x0_hat at t = T is within 0.12 of 0, 1.6 from the data mean; trained with the v loss it
+    # lands within 0.05 of it (0.1-0.3 with L_simple, learned only through t < T) and is nearly constant
+    # in x_T (spread 0.03-0.08; 0.1-0.4 with L_simple), as E[x0 | x_T] = E[x0] is.
+    assert (x0_hat.mean(0) - torch.tensor([1.5, -0.5])).abs().max() < 0.2, x0_hat.mean(0)
+    assert float(x0_hat.std(0).max()) < 0.15, x0_hat.std(0)
+
+
 @pytest.mark.parametrize("param", ["v", "x0"])
 def test_zero_terminal_snr_model_trains_samples_and_bounds_through_t_T(param):
-    model = toy(param=param, zero_terminal_snr=True)
+    model = toy(param=param, loss="v", zero_terminal_snr=True)
     p = model.process
     assert p.alpha_bars[-1].item() == 0 and model.prediction == param
     # The loss at t = T (x_T = eps) is finite and differentiable.

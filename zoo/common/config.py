@@ -183,7 +183,7 @@ def apply_overrides(cfg: Any, pairs: Iterable[str]) -> Any:
     """Return `cfg` with each ``key=value`` (dotted or unambiguous bare key) applied, typed by its field.
 
     Every value is parsed first, then each config is rebuilt once, so its ``__post_init__`` checks
-    the combination (``zero_terminal_snr=true`` with ``param=v``), not each intermediate state.
+    the combination (``zero_terminal_snr=true`` with ``param=v`` and ``loss=v``), not each intermediate state.
     """
     changes: dict[str, Any] = {}
     for pair in pairs:

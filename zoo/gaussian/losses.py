@@ -1,9 +1,11 @@
 """Training losses of the VP model, one value per example (SPEC section 1; STYLE 4).
 
-Each loss is called as ``loss(process, x0, x_t, t, eps, eps_hat, cfg) -> (B,)`` with the model's
-eps prediction ``eps_hat`` (every parameterisation is converted to it exactly, and the reverse mean
-is ``mu_theta = (x_t - beta_t/sqrt(1 - alpha_bar_t) eps_hat)/sqrt(alpha_t)``, exactly the mean the
-network defines in the mean parameterisation). Time convention: 1-based t (B,) long.
+Each loss is called as ``loss(process, x0, x_t, t, eps, pred, cfg) -> (B,)`` with the model's
+prediction ``pred`` of kind ``PREDICTION[name]``, converted exactly from the network's own kind:
+eps (``eps_hat``) for the three losses of SPEC 1, whose reverse mean is
+``mu_theta = (x_t - beta_t/sqrt(1 - alpha_bar_t) eps_hat)/sqrt(alpha_t)``, exactly the mean the
+network defines in the mean parameterisation; v (``v_hat``) for the v loss of zero terminal SNR.
+Time convention: 1-based t (B,) long.
 With a learned variance, `vlb` is the second term of the hybrid loss L_simple + lambda L_vlb.
 """
 
@@ -50,7 +52,20 @@ def mean_matching(process: VPProcess, x0, x_t, t, eps, eps_hat, cfg) -> torch.Te
     return REDUCTIONS[cfg.mm_reduction](err)
 
 
-LOSSES = {"simple": simple, "elbo-eps": elbo_eps, "mean-matching": mean_matching}
+def v_loss(process: VPProcess, x0, x_t, t, eps, v_hat, cfg=None) -> torch.Tensor:
+    """|v - v_hat|^2 averaged over pixels, v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0. (B,)
+
+    Salimans & Ho (2022); the loss Lin et al. (2024, sec. 3.2) train zero-terminal-SNR models with.
+    For the same x_t, v_hat - v = -(x0_hat - x0)/sqrt(1 - alpha_bar_t), so it weighs the x0 error by
+    1 + SNR_t where L_simple weighs it by SNR_t: at alpha_bar_T = 0 that is 1 against 0, and only
+    this loss teaches the network the x0 (= E[x0]) that every sampler starts from at t = T.
+    """
+    v = process.coef("sqrt_alpha_bars", t, x0) * eps - process.coef("sqrt_one_minus_alpha_bars", t, x0) * x0
+    return ((v - v_hat) ** 2).flatten(1).mean(1)
+
+
+LOSSES = {"simple": simple, "elbo-eps": elbo_eps, "mean-matching": mean_matching, "v": v_loss}
+PREDICTION = {"simple": "eps", "elbo-eps": "eps", "mean-matching": "eps", "v": "v"}  # the kind each loss takes
 
 
 def vlb(process: VPProcess, log_variance: LearnedLogVariance, x0, x_t, t, eps_hat, v, decoder: str) -> torch.Tensor:

@@ -13,7 +13,8 @@ mean ``mu_theta`` exactly, so every loss, sampler and the ELBO work with each of
 
 Samplers and the ELBO are given the model's own prediction kind (``GaussianDiffusion.prediction``:
 eps, x0 or v; eps for the mean parameterisation), which with ``zero_terminal_snr`` (SPEC 11,
-alpha_bar_T = 0) is what keeps t = T defined: that option requires the x0 or v parameterisation.
+alpha_bar_T = 0) is what keeps t = T defined: that option requires the x0 or v parameterisation,
+and the v loss (zoo.gaussian.losses.v_loss), the only one whose gradient reaches the network at t = T.
 
 ``learn_variance`` doubles the network's output channels: the second half, through a tanh, is the
 v of Nichol & Dhariwal's learned variance (zoo.gaussian.learned_variance), trained by the hybrid
@@ -63,9 +64,9 @@ class Config:
     beta_1: float = 1e-4
     beta_T: float = 0.02
     cosine_s: float = 0.008
-    zero_terminal_snr: bool = False  # rescale the betas so alpha_bar_T = 0 (Lin et al. 2024); param x0 or v
+    zero_terminal_snr: bool = False  # rescale the betas so alpha_bar_T = 0 (Lin et al. 2024); param x0 or v, loss v
     param: str = "eps"  # eps | x0 | v | mean
-    loss: str = "simple"  # simple | elbo-eps | mean-matching
+    loss: str = "simple"  # simple | elbo-eps | mean-matching | v (param x0 or v; zero_terminal_snr needs it)
     mm_target: str = "posterior"  # posterior (a draw of x_{t-1}) | analytic (mu_tilde)
     mm_reduction: str = "sum"  # sum | mean over pixels
     rho_lr: float | None = None  # learning rate of rho0, rho1 (None: the main one)
@@ -95,9 +96,12 @@ _CHOICES = {"arch": ARCHS, "schedule": tuple(SCHEDULES), "param": PARAMS, "loss"
             "mm_target": L.MM_TARGETS, "mm_reduction": tuple(L.REDUCTIONS), "sampler": tuple(SAMPLERS),
             "variance": VARIANCES, "nll_variance": VARIANCES, "method": ODE_METHODS, "spacing": tuple(SPACINGS),
             "data": tuple(DATASETS), "t_sampling": T_SAMPLING}
-# With alpha_bar_T = 0, x_T = eps: an eps (or mean) output cannot carry x0 at t = T, and the
-# ELBO-weighted losses divide by alpha_T = 1 - beta_T = 0 there.
-ZERO_SNR_PARAMS, ZERO_SNR_LOSSES = ("x0", "v"), ("simple",)
+# With alpha_bar_T = 0, x_T = eps: an eps (or mean) output cannot carry x0 at t = T, the
+# ELBO-weighted losses divide by alpha_T = 1 - beta_T = 0 there, and L_simple's eps_hat is x_T itself
+# whatever the network predicts (zero gradient): only the v loss trains t = T (Lin et al. 2024).
+ZERO_SNR_PARAMS, ZERO_SNR_LOSSES = ("x0", "v"), ("v",)
+# The v loss weighs an eps prediction's error by 1/alpha_bar_t (2.5e4 at t = T, linear schedule).
+V_LOSS_PARAMS = ("x0", "v")
 
 
 class GaussianConfigError(ConfigError):
@@ -117,8 +121,14 @@ def validate(cfg: Config) -> None:
         raise GaussianConfigError(f"zero_terminal_snr makes eps undefined at t = T; param {cfg.param!r} cannot "
                                   f"predict x0 there: choose from {', '.join(ZERO_SNR_PARAMS)}")
     if cfg.zero_terminal_snr and cfg.loss not in ZERO_SNR_LOSSES:
-        raise GaussianConfigError(f"zero_terminal_snr makes the weight of loss {cfg.loss!r} infinite at t = T "
-                                  f"(alpha_T = 0): choose from {', '.join(ZERO_SNR_LOSSES)}")
+        why = ("compares eps_hat, which is x_T itself at t = T whatever the network predicts, so nothing "
+               "would train the x0 the samplers start from (Lin et al. 2024, sec. 3.2)" if cfg.loss == "simple"
+               else "weighs t = T by 1/alpha_T, infinite (alpha_T = 0)")
+        raise GaussianConfigError(f"zero_terminal_snr: loss {cfg.loss!r} {why}: choose from "
+                                  f"{', '.join(ZERO_SNR_LOSSES)}")
+    if cfg.loss == "v" and cfg.param not in V_LOSS_PARAMS:
+        raise GaussianConfigError(f"loss 'v' weighs the error of param {cfg.param!r} (an eps prediction) by "
+                                  f"1/alpha_bar_t, which explodes as t -> T: choose from {', '.join(V_LOSS_PARAMS)}")
     if cfg.t_min > 1 and cfg.t_sampling != "uniform":
         raise GaussianConfigError(f"t_min {cfg.t_min} restricts uniform step sampling; t_sampling "
                                   f"{cfg.t_sampling!r} draws every step: set t_min=1")
@@ -314,8 +324,10 @@ class GaussianDiffusion(nn.Module):
             t, weights = torch.randint(self.cfg.t_min, self.cfg.T + 1, (x0.shape[0],), device=x0.device), None  # (B,)
         eps = torch.randn_like(x0)
         x_t = self.process.q_sample(x0, t, eps)
-        eps_hat, v = self.eps_and_v(x_t, t, y)
-        per_example = self.loss_fn(self.process, x0, x_t, t, eps, eps_hat, self.cfg)  # (B,)
+        kind = L.PREDICTION[self.cfg.loss]
+        pred, v = self.predict_and_v(x_t, t, y, kind)
+        eps_hat = pred if kind == "eps" else self.process.convert(pred, x_t, t, kind, "eps")  # exact at every t
+        per_example = self.loss_fn(self.process, x0, x_t, t, eps, pred, self.cfg)  # (B,)
         out = {}
         if v is not None:
             vlb = L.vlb(self.process, self.log_variance, x0, x_t, t, eps_hat, v, self.decoder)  # (B,)
