@@ -27,7 +27,7 @@ from torch import nn
 
 from zoo import __version__
 from zoo.common.config import UsageError, apply_overrides, config_from_dict  # noqa: F401  (re-exported)
-from zoo.common.trainer import TrainConfig, Trainer
+from zoo.common.trainer import RunLock, TrainConfig, Trainer, remove_stale_temps
 from zoo.common.utils import seed_everything, write_json
 from zoo.report import Result, render
 from zoo.runs import remove_checkpoints, train
@@ -139,26 +139,28 @@ def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
-    log = out / "log.jsonl"
-    if log.exists() and not resume:
-        log.unlink()  # a fresh run owns its log
-    ctx = RunContext(name=name, preset=preset, out_dir=out, device=device, seed=seed, resume=resume)
-    info = {
-        "experiment": name, "preset": preset, "seed": seed, "device": device,
-        "overrides": list(overrides), "config": dataclasses.asdict(cfg),
-        "command": " ".join(shlex.quote(a) for a in ["zoo", *sys.argv[1:]]) if sys.argv else "",
-        "zoo_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        **({"resumed": True} if resume else {}),
-    }
-    write_json(out / "config.json", info)
-    seed_everything(seed)
-    t0 = time.perf_counter()
-    result = exp.run(cfg, ctx)
-    metrics = {"experiment": name, "preset": preset, "seconds": round(time.perf_counter() - t0, 2),
-               **result.metrics, "verdict": result.report.verdict}
-    write_json(out / "metrics.json", metrics)
-    (out / "report.md").write_text(render(result.report, info))
+    with RunLock(out):  # one writer per run directory, as for `zoo train`: a second one is refused
+        remove_stale_temps(out)
+        log = out / "log.jsonl"
+        if log.exists() and not resume:
+            log.unlink()  # a fresh run owns its log
+        ctx = RunContext(name=name, preset=preset, out_dir=out, device=device, seed=seed, resume=resume)
+        info = {
+            "experiment": name, "preset": preset, "seed": seed, "device": device,
+            "overrides": list(overrides), "config": dataclasses.asdict(cfg),
+            "command": " ".join(shlex.quote(a) for a in ["zoo", *sys.argv[1:]]) if sys.argv else "",
+            "zoo_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **({"resumed": True} if resume else {}),
+        }
+        write_json(out / "config.json", info)
+        seed_everything(seed)
+        t0 = time.perf_counter()
+        result = exp.run(cfg, ctx)
+        metrics = {"experiment": name, "preset": preset, "seconds": round(time.perf_counter() - t0, 2),
+                   **result.metrics, "verdict": result.report.verdict}
+        write_json(out / "metrics.json", metrics)
+        (out / "report.md").write_text(render(result.report, info))
     return metrics
 
 

@@ -354,7 +354,10 @@ def test_resume_with_a_new_lr_applies_it(cache, tmp_path, capsys):
     assert [r["lr"] for r in logs if r["kind"] == "step" and r["step"] > 2] == [1e-5, 1e-5]
 
 
-def test_a_second_writer_is_refused_naming_the_holder(cache, tmp_path, capsys):
+@pytest.mark.parametrize("command", [["train", "gaussian", *TINY], ["run", "schedules", "--preset", "smoke"]])
+def test_a_second_writer_is_refused_naming_the_holder(cache, tmp_path, capsys, command):
+    """`zoo train` and `zoo run` each hold OUT/.lock for their run: a second writer there gets one line
+    naming the holder and writes nothing."""
     out = tmp_path / "run"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -367,14 +370,14 @@ def test_a_second_writer_is_refused_naming_the_holder(cache, tmp_path, capsys):
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        code, lines, _ = run_main(["train", "gaussian", *TINY, "--out", out], capsys)
+        code, lines, _ = run_main([*command, "--out", out], capsys)
         assert code == 1 and len(lines) == 1, lines
         assert f"pid {holder.pid}" in lines[0]
         assert sorted(p.name for p in out.iterdir()) == [".lock"]
     finally:
         holder.kill()
         holder.wait()
-    assert run_main(["train", "gaussian", *TINY, "--out", out], capsys)[0] == 0  # the lock died with it
+    assert run_main([*command, "--out", out], capsys)[0] == 0  # the lock died with it
 
 
 def test_full_disk_is_one_line_and_keeps_the_checkpoint(cache, trained, tmp_path, capsys):
