@@ -93,25 +93,53 @@ def test_iwae_bound_is_above_elbo_and_increases_with_k(trained):
 
 
 def test_iwae_converges_to_the_likelihood_by_quadrature():
+    """IWAE with k = 5000 against -log p(x) by quadrature over a 1-D latent, to the Monte Carlo error.
+
+    The weights w = p(x, z)/q(z | x) are heavy-tailed for many examples (q's std is ~0.05 while the
+    posterior keeps the prior's Gaussian tails, so E_q[w^2] is infinite: k = 5000 can then miss the
+    truth by nats, a true property of IWAE). Where no sample lands outside R = mu_q +- 6 sd_q (all k
+    samples inside with probability 1 - 1e-5), the estimate is that of p_R = int_R p(x, z) dz, and the
+    delta method gives its mean -log p_R + V/(2k) and standard error sqrt(V/k), V = E_q[w^2 | R]/p_R^2 - 1,
+    both by quadrature. Checked where that error is below 0.05 nats (the CLT regime; 9-24 of 32 examples
+    at training seeds 0-6, largest |z| 2.6 of ~110). The -ELBO is checked the same way, on every
+    example. The test passes at training seeds 0-9.
+    """
     model, _ = _train(Config(arch="mlp", latent_dim=1, hidden=64), steps_epochs=80, rows=False)
-    x = _strokes(8, seed=3, rows=False)
-    # -log p(x) = -log int p(x | z) N(z; 0, 1) dz on a fine grid (trapezoid rule in log space).
-    z = torch.linspace(-9, 9, 6001)
-    with torch.no_grad():
-        logits = model.decoder(z[:, None])  # (Z, 1, 28, 28)
-    log_pxz = torch.stack([model.likelihood.log_prob(xi.expand(len(z), 1, 28, 28), logits) for xi in x])  # (B, Z)
-    log_joint = log_pxz + Normal(0.0, 1.0).log_prob(z.double())
+    x = _strokes(32, seed=3, rows=False)
+    z = torch.linspace(-9, 9, 6001, dtype=torch.float64)
     dz = float(z[1] - z[0])
-    exact = -(torch.logsumexp(log_joint, 1) + math.log(dz))
+    with torch.no_grad():
+        logits = model.decoder(z[:, None].float()).double().flatten(1)  # (Z, 784)
+        mu, logvar = (a.double() for a in model.encoder(x))  # (B, 1) each
+    # log sigmoid(x l) = x l/2 - log(2 cosh(l/2)) for x in {-1, +1}: one product over pixels.
+    log_pxz = 0.5 * x.double().flatten(1) @ logits.T - torch.logaddexp(logits / 2, -logits / 2).sum(1)  # (B, Z)
+    log_joint = log_pxz + Normal(0.0, 1.0).log_prob(z)  # (B, Z)
+    sd_q = (0.5 * logvar).exp()
+    log_q = Normal(mu, sd_q).log_prob(z)  # (B, Z)
+    inside = (z - mu).abs() <= 6 * sd_q  # (B, Z): R
+    log_int = lambda f: torch.logsumexp(f, 1) + math.log(dz)  # noqa: E731  log of a Riemann sum over z
+    exact = -log_int(log_joint)  # -log p(x)
+    masked = lambda f: torch.where(inside, f, torch.tensor(-math.inf, dtype=f.dtype))  # noqa: E731
+    log_pR = log_int(masked(log_joint))
+    V = torch.expm1(log_int(masked(2 * log_joint - log_q)) - 2 * log_pR)  # relative variance of w on R
+    k = 5000
     g = torch.Generator().manual_seed(4)
-    iwae = model.iwae_nll(x, 5000, generator=g, max_batch=3000)  # chunks of 375 samples over k
-    neg_elbo = model.neg_elbo(x, samples=200, generator=g)
-    gap = iwae - exact
-    assert (neg_elbo - exact > gap).all() and (neg_elbo > exact).all()
-    assert (gap > -0.15).all(), gap  # an estimate of an upper bound: never far below the truth
-    # Most posteriors are unimodal and k = 5000 is then within a few hundredths of a nat; a few
-    # examples whose 1-D posterior is bimodal converge more slowly (a true property of IWAE).
-    assert gap.abs().median() < 0.05, gap
+    iwae = model.iwae_nll(x, k, generator=g, max_batch=3000).double()  # chunks of 375 samples over k
+    neg_elbo = model.neg_elbo(x, samples=200, generator=g).double()
+    se = (V / k).sqrt()
+    clt = se < 0.05
+    assert int(clt.sum()) >= 6, se  # enough examples for the check below to have power
+    mean = -log_pR + V / (2 * k)
+    assert ((iwae - mean).abs() < 5 * se + 1e-3)[clt].all(), ((iwae - mean) / se)[clt]
+    assert (-exact - log_pR < 1e-3)[clt].all()  # there R holds all of p(x, z): IWAE -> -log p(x)
+    # -ELBO = -E_q log p(x | z) (200 draws) + KL(q || N(0, 1)) (closed form): its mean and standard error
+    # by quadrature under q, and its mean exceeds -log p(x) by KL(q || posterior) > 0.
+    q = torch.softmax(log_q, 1)  # q(z | x) on the grid, normalised there
+    m1, m2 = (q * log_pxz).sum(1), (q * log_pxz ** 2).sum(1)
+    kl_prior = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar).sum(1)
+    elbo_mean, elbo_se = -m1 + kl_prior, ((m2 - m1 ** 2).clamp(min=0) / 200).sqrt()
+    assert ((neg_elbo - elbo_mean).abs() < 5 * elbo_se + 1e-3).all(), (neg_elbo - elbo_mean) / elbo_se
+    assert (elbo_mean > exact).all()
 
 
 def test_model_interface():
