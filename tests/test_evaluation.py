@@ -67,6 +67,26 @@ def test_likelihood_terms_add_up():
     assert torch.equal(per["nll"], per["elbo_total"]) and len(summary["elbo_kl"]) == 3
 
 
+def test_progress_bar_counts_network_evaluations_with_a_total_from_the_first_chunk(capsys):
+    """Sampling and likelihoods show a bar (when asked, or on a terminal) in images through the network:
+    DDPM with T = 20 on 5 samples in chunks of 2 is 100 evaluations, known once the first chunk is done;
+    the VAE's IWAE with k = 50 on 6 test examples is 300 decoder evaluations."""
+    torch.manual_seed(0)
+    g = GaussianDiffusion(GaussianConfig(T=20, **SMALL_UNET))
+    draw(g, 5, 2, sampler="ddpm")
+    assert capsys.readouterr().err == ""  # not a terminal: no bar unless asked
+    assert draw(g, 5, 2, sampler="ddpm", progress=True).nfe == 20
+    err = capsys.readouterr().err
+    assert "sampling 5" in err and "40.0/100" in err and "100/100" in err, err
+    vae = VAE(VAEConfig(latent_dim=2, hidden=8, channels=(4, 8), iwae_k=50, elbo_samples=20))
+    x = torch.where(torch.rand(6, 1, 28, 28) < 0.3, 1.0, -1.0)
+    likelihood(vae, (x,), chunk=4, generator=torch.Generator().manual_seed(0), terms=True, progress=True)
+    err = capsys.readouterr().err
+    assert "-ELBO of 6 test examples" in err and "120/120" in err, err  # 20 draws of z per example
+    assert "NLL of 6 test examples" in err and "300/300" in err, err
+    assert not g.net._forward_hooks and not vae.decoder._forward_hooks  # the hooks are removed
+
+
 def test_step_budget_and_checkpoint_meta(tmp_path):
     torch.manual_seed(0)
     model = GaussianDiffusion(GaussianConfig(data="swiss-roll", arch="mlp", hidden=16, layers=2, T=10))

@@ -10,6 +10,8 @@
   Wasserstein distance to held-out points for 2-D data;
 - ``real_floor``: what real training images score on the same metrics (``metrics.floor_and_ceiling``);
 - ``evaluate``: all of it under one ``EvalConfig``, used by ``zoo eval`` and the experiments;
+- ``Progress``: the bar sampling and likelihoods show on a terminal, in network evaluations (one
+  image through the network), with a total and a time left from the first chunk on;
 - ``test_set`` / ``bounds`` / ``likelihoods``: every likelihood a formulation defines on a dataset
   (ELBO, probability-flow ODE, IWAE ...) on the same recorded test images, for the zoo table.
 """
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from zoo.common.config import check
 from zoo.common.data import is_binary, is_image, load_dataset, protocol, to_unit
@@ -75,6 +79,39 @@ class NFECounter:
         return int(nfe) if nfe == int(nfe) else nfe
 
 
+class Progress:
+    """A tqdm bar on stderr counting the images the formulation's network processes (a forward hook,
+    as NFECounter), for a loop over `n` items (samples, test examples) in chunks. Its total, n x the
+    evaluations per item of the chunks so far, is set after each chunk, so the time left shows from
+    the first chunk on (a sampler's NFE or a bound's evaluations per example are not known before).
+    Shown when `show` is True, or when None and stderr is a terminal (the Trainer's rule)."""
+
+    def __init__(self, model: nn.Module, desc: str, n: int, show: bool | None = None):
+        self.net = getattr(model, getattr(model, "NETWORK", "net"))
+        self.n, self.items, self.rows = n, 0, 0
+        show = sys.stderr.isatty() if show is None else show
+        self.bar = tqdm(desc=desc, unit=" evals", unit_scale=True, disable=not show, leave=False, dynamic_ncols=True)
+
+    def _hook(self, module, inputs, output) -> None:
+        self.rows += inputs[0].shape[0]
+        self.bar.update(inputs[0].shape[0])
+
+    def chunk_done(self, k: int) -> None:
+        """`k` more of the n items are done."""
+        self.items += k
+        self.bar.total = max(round(self.rows * self.n / self.items), self.rows)
+        self.bar.refresh()
+
+    def __enter__(self) -> "Progress":
+        self.handle = self.net.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.handle.remove()
+        self.bar.close()
+        return False
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -95,10 +132,11 @@ class Samples:
 
 @torch.no_grad()
 def draw(model: nn.Module, n: int, chunk: int = 500, generator: torch.Generator | None = None,
-         x_T: torch.Tensor | None = None, **kw) -> Samples:
-    """n samples through ``model.sample``, `chunk` at a time (slices of `x_T` where given), timed and counted."""
+         x_T: torch.Tensor | None = None, progress: bool | None = None, **kw) -> Samples:
+    """n samples through ``model.sample``, `chunk` at a time (slices of `x_T` where given), timed and
+    counted; `progress` the bar's rule (``Progress``)."""
     device, outs = device_of(model), []
-    with NFECounter(model) as counter:
+    with NFECounter(model) as counter, Progress(model, f"sampling {n}", n, progress) as bar:
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, n, chunk):
@@ -106,6 +144,7 @@ def draw(model: nn.Module, n: int, chunk: int = 500, generator: torch.Generator 
             start = None if x_T is None else x_T[i:i + m]
             chunk_kw = {k: (v[i:i + m] if torch.is_tensor(v) and v.shape[:1] == (n,) else v) for k, v in kw.items()}
             outs.append(model.sample(m, x_T=start, generator=generator, **chunk_kw).cpu())
+            bar.chunk_done(m)
         _sync(device)
         seconds = time.perf_counter() - t0
     return Samples(torch.cat(outs), counter.per_sample(n), seconds)
@@ -133,16 +172,18 @@ def mean_se(x: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def likelihood(model: nn.Module, test: tuple[torch.Tensor, ...], chunk: int = 250,
-               generator: torch.Generator | None = None,
-               terms: bool = False) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+               generator: torch.Generator | None = None, terms: bool = False,
+               progress: bool | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(summary, per-example tensors) of ``nll`` (nats, and bits/dim for images) over `test`, and with
-    `terms` the -ELBO (``elbo_terms``: its total and the mean of every part) where defined."""
-    device = device_of(model)
-    batches = [tuple(d[i:i + chunk].to(device) for d in test) for i in range(0, len(test[0]), chunk)]
+    `terms` the -ELBO (``elbo_terms``: its total and the mean of every part) where defined;
+    `progress` the bar's rule (``Progress``)."""
+    device, n = device_of(model), len(test[0])
+    batches = [tuple(d[i:i + chunk].to(device) for d in test) for i in range(0, n, chunk)]
     per: dict[str, torch.Tensor] = {}
-    summary: dict[str, Any] = {"n_test": len(test[0])}
+    summary: dict[str, Any] = {"n_test": n}
     if terms and hasattr(model, "elbo_terms"):
-        parts = [model.elbo_terms(b, generator=generator) for b in batches]
+        parts = _chunked(model, f"-ELBO of {n} test examples", n, batches,
+                         lambda b: model.elbo_terms(b, generator=generator), progress)
         for key in parts[0]:
             per[f"elbo_{key}"] = torch.cat([p[key].cpu() for p in parts])
             summary[f"elbo_{key}"] = per[f"elbo_{key}"].double().mean(0).tolist()
@@ -150,12 +191,23 @@ def likelihood(model: nn.Module, test: tuple[torch.Tensor, ...], chunk: int = 25
     if "elbo_total" in per and getattr(model, "NLL_IS_ELBO", False):
         per["nll"] = per["elbo_total"]
     else:
-        per["nll"] = torch.cat([model.nll(b, generator=generator).cpu() for b in batches])
+        per["nll"] = torch.cat([r.cpu() for r in _chunked(model, f"NLL of {n} test examples", n, batches,
+                                                         lambda b: model.nll(b, generator=generator), progress)])
     summary["nll_nats"], summary["nll_se"] = mean_se(per["nll"])
     if test[0].ndim == 4:  # images: bits per dimension too
         dims = test[0][0].numel()
         summary["bits_per_dim"], summary["bits_per_dim_se"] = mean_se(nats_to_bpd(per["nll"], dims))
     return summary, per
+
+
+def _chunked(model: nn.Module, desc: str, n: int, batches: list, fn: Callable, progress: bool | None) -> list:
+    """[fn(b) for b in batches] under a ``Progress`` bar over the n examples they hold."""
+    out = []
+    with Progress(model, desc, n, progress) as bar:
+        for b in batches:
+            out.append(fn(b))
+            bar.chunk_done(len(b[0]))
+    return out
 
 
 def real_floor(dataset: str, n: int, n_ref: int = 1000, ceiling: bool = False, seed: int = 0) -> dict[str, Any]:
@@ -229,10 +281,10 @@ def bounds(model: nn.Module, dataset: str, ode_steps: int = 64) -> dict[str, Bou
 
 
 def likelihoods(model: nn.Module, dataset: str, test: tuple[torch.Tensor, ...], chunk: int = 250, seed: int = 0,
-                ode_steps: int = 64) -> dict[str, dict[str, Any]]:
+                ode_steps: int = 64, progress: bool | None = None) -> dict[str, dict[str, Any]]:
     """Each of `bounds(model, dataset)` over `test`: mean nats and standard error, bits/dim for images
     (nats / (D ln 2)), the mean of every per-example term, and the seconds it took. Each kind draws
-    from its own generator seeded by `seed`."""
+    from its own generator seeded by `seed`; `progress` the bar's rule (``Progress``)."""
     device = device_of(model)
     batches = [tuple(d[i:i + chunk].to(device) for d in test) for i in range(0, len(test[0]), chunk)]
     out = {}
@@ -241,7 +293,8 @@ def likelihoods(model: nn.Module, dataset: str, test: tuple[torch.Tensor, ...], 
         _sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():  # (the ODE's divergence turns autograd on where it needs it)
-            parts = [{k: v.detach().cpu() for k, v in fn(b, gen).items() if v.ndim == 1} for b in batches]
+            parts = _chunked(model, f"{kind} of {len(test[0])} test examples", len(test[0]), batches,
+                             lambda b: {k: v.detach().cpu() for k, v in fn(b, gen).items() if v.ndim == 1}, progress)
         _sync(device)
         terms = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         row: dict[str, Any] = {"n_test": len(test[0]), "seconds": time.perf_counter() - t0}
