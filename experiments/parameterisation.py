@@ -8,10 +8,17 @@ trained with the ELBO weight beta_t/(2 alpha_t (1 - alpha_bar_t)) |eps - eps_hat
 diffusion_loss_new); `x0` and `v` train with that same eps-space loss after the exact conversion.
 Every model samples by DDPM ancestral steps with variance beta_t (the seed's samplers), from the
 same noise; then pixel FID (seed 001's, against the first test images) and classifier FID.
+
+`n_seeds` > 1 trains every model again at the seeds --seed + 1, ..., --seed + n_seeds - 1 (initial
+weights, data order and sampling noise) and decides the claim over all of them: whether eps draws
+digits is chance on the seed's network (docs/results/paper/parameterisation-seeds/), so one run
+decides nothing either way.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass, replace
 
 import torch
@@ -56,8 +63,10 @@ class ParameterisationConfig:
     mean_t_min: int = 1
     n_train: int = 50000
     digits: float = 10.0  # the claim is tested only where mean and eps both make digits: classifier FID below this
+    n_seeds: int = 1  # training seeds --seed, --seed + 1, ...; > 1: the verdict counts seeds
 
     def __post_init__(self):
+        check(isinstance(self.n_seeds, int) and self.n_seeds >= 1, f"n_seeds must be an integer >= 1, got {self.n_seeds}")
         check(self.pred_arch in ARCHITECTURES,
               f"unknown pred_arch {self.pred_arch!r}; choose from {', '.join(ARCHITECTURES)}")
         check(isinstance(self.mean_t_min, int) and 1 <= self.mean_t_min <= self.model.T,
@@ -73,25 +82,40 @@ the loss (1 - alpha_t)/(2 alpha_t (1 - alpha_bar_t)) |eps - eps_theta|^2, gave "
 """
 
 
+def _train_and_score(cfg: ParameterisationConfig, ctx: RunContext, x: torch.Tensor, param: str, seed: int):
+    """(result row, training curve, the first 64 samples or None) of one model trained at `seed`."""
+    torch.manual_seed(seed)
+    arch, t_min = (cfg.model.arch, cfg.mean_t_min) if param == "mean" else (cfg.pred_arch, cfg.model.t_min)
+    model = GaussianDiffusion(replace(cfg.model, param=param, arch=arch, t_min=t_min, **LOSS_OF[param]))
+    tag = param if seed == ctx.seed else f"{param}-seed{seed}"  # the first seed's tags as before (--resume)
+    trainer = ctx.fit(model, (x,), cfg.train, tag, guarded=True, seed_offset=seed - ctx.seed)
+    curve = epoch_curve(trainer, "train_loss")
+    r = {"loss": LOSS_OF[param]["loss"], "arch": arch, "t_min": t_min, "train_seconds": trainer.train_seconds,
+         "diverged": trainer.error, "final_train_loss": curve[-1] if curve else float("nan")}
+    if param == "mean":
+        r.update(rho0=model.rho0.item(), rho1=model.rho1.item())
+    shown = None
+    if trainer.error is None:  # the same noise for every model of a seed
+        out = draw(model, cfg.eval.n_samples, cfg.eval.sample_chunk, torch.Generator().manual_seed(seed + 1))
+        r.update(quality(out.x, cfg.model.data, cfg.eval.n_ref), sample_seconds=out.seconds)
+        shown = to_unit(out.x[:64], cfg.model.data)
+    return r, curve, shown
+
+
 def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
     x, _ = load_dataset(cfg.model.data, "train", limit=cfg.n_train)  # mnist-unit: the seed's [0, 1] pixels
-    results, panels, curves = {}, {}, {}
-    for param in cfg.params:
-        torch.manual_seed(ctx.seed)
-        arch, t_min = (cfg.model.arch, cfg.mean_t_min) if param == "mean" else (cfg.pred_arch, cfg.model.t_min)
-        model = GaussianDiffusion(replace(cfg.model, param=param, arch=arch, t_min=t_min, **LOSS_OF[param]))
-        trainer = ctx.fit(model, (x,), cfg.train, param, guarded=True)
-        curves[param] = epoch_curve(trainer, "train_loss")
-        r = {"loss": LOSS_OF[param]["loss"], "arch": arch, "t_min": t_min, "train_seconds": trainer.train_seconds,
-             "diverged": trainer.error, "final_train_loss": curves[param][-1] if curves[param] else float("nan")}
-        if param == "mean":
-            r.update(rho0=model.rho0.item(), rho1=model.rho1.item())
-        if trainer.error is None:  # the same noise for every model
-            out = draw(model, cfg.eval.n_samples, cfg.eval.sample_chunk, torch.Generator().manual_seed(ctx.seed + 1))
-            r.update(quality(out.x, cfg.model.data, cfg.eval.n_ref), sample_seconds=out.seconds)
-            panels[f"{param}: pixel FID {r['pixel_fid']:.2f}, classifier FID {r['classifier_fid']:.1f}"] = \
-                to_unit(out.x[:64], cfg.model.data)
-        results[param] = r
+    seeds = [ctx.seed + i for i in range(cfg.n_seeds)]
+    per_seed, panels, curves = {}, {}, {}
+    for seed in seeds:
+        per_seed[seed] = {}
+        for param in cfg.params:
+            r, curve, shown = _train_and_score(cfg, ctx, x, param, seed)
+            per_seed[seed][param] = r
+            if seed == ctx.seed:  # the figures show the first seed
+                curves[param] = curve
+                if shown is not None:
+                    panels[f"{param}: pixel FID {r['pixel_fid']:.2f}, classifier FID {r['classifier_fid']:.1f}"] = shown
+    results = per_seed[ctx.seed]
     ctx.remove_checkpoints()
     floor = real_floor(cfg.model.data, cfg.eval.n_samples, cfg.eval.n_ref, ceiling=True, seed=ctx.seed + 2)
     ceiling = floor.pop("ceiling")  # uniform noise: what no learning scores
@@ -146,14 +170,48 @@ def run(cfg: ParameterisationConfig, ctx: RunContext) -> Result:
             f"{'[0, 1], as the seed' if cfg.model.data == 'mnist-unit' else '[-1, 1]'}), which sets the scale of what the mean "
             f"network learns.",
             markdown_table(rows), rho, figure(grids_png), figure(loss_png)]
-    v = verdict(reproduced if informative else None, f"eps has the lower pixel FID, both models making digits "
-                f"(classifier FID below {cfg.digits:g})", **{f"{p}_pixel_fid": results[p].get("pixel_fid")
-                                                                     for p in ("mean", "eps") if p in results})
+    criterion = f"eps has the lower pixel FID, both models making digits (classifier FID below {cfg.digits:g})"
+    numbers = {f"{p}_pixel_fid": results[p].get("pixel_fid") for p in ("mean", "eps") if p in results}
     metrics = {"results": results, "real_floor": floor, "noise_ceiling": ceiling, "informative": informative,
                "train_curves": curves, "reproduced": reproduced, "eps_better_pixel_fid": by_pixel,
                "eps_better_classifier_fid": by_classifier, "n_samples": cfg.eval.n_samples}
+    if cfg.n_seeds > 1:
+        seeds_part, informative, reproduced, criterion, numbers = _over_seeds(cfg, per_seed)
+        body.insert(2, seeds_part["table"])
+        finding = f"At seed {ctx.seed} (the first table and the figures): {finding} {seeds_part['finding']}"
+        metrics.update(seeds=seeds, per_seed={str(s): r for s, r in per_seed.items()}, informative=informative,
+                       reproduced=reproduced, **{k: v for k, v in seeds_part.items() if k not in ("table", "finding")})
+    v = verdict(reproduced if informative else None, criterion, **numbers)
     title = "Mean (rho0, rho1) vs eps prediction (and x0, v): sample FID"
     return Result(metrics, Report(title, CLAIM, body, finding, v))
+
+
+def _over_seeds(cfg: ParameterisationConfig, per_seed: dict[int, dict[str, dict]]):
+    """The claim over seeds: tested where both models make digits at more than half of them, and then
+    reproduced where eps also has the lower pixel FID at more than half of all seeds. Returns (a table
+    and a finding sentence with the counts, informative, reproduced, criterion, numbers)."""
+    n = len(per_seed)
+    digits = {p: [s for s, rs in per_seed.items() if rs.get(p, {}).get("classifier_fid", math.inf) < cfg.digits]
+              for p in cfg.params}
+    both = [s for s in per_seed if s in digits.get("mean", []) and s in digits.get("eps", [])]
+    wins = [s for s in both if per_seed[s]["eps"]["pixel_fid"] < per_seed[s]["mean"]["pixel_fid"]]
+    informative, reproduced = len(both) > n / 2, len(wins) > n / 2
+    fmt = lambda v: "-" if v is None or not math.isfinite(v) else f"{v:.1f}"  # noqa: E731
+    rows = [{"parameterisation": p,
+             **{f"seed {s}": f"{fmt(rs[p].get('pixel_fid'))} / {fmt(rs[p].get('classifier_fid'))}"
+                for s, rs in per_seed.items()},
+             "digits at": f"{len(digits[p])} of {n}",
+             "median pixel FID": statistics.median(rs[p].get("pixel_fid", math.inf) for rs in per_seed.values())}
+            for p in cfg.params]
+    table = (f"Every seed (pixel / classifier FID; `-`: diverged). A model makes digits where its classifier FID "
+             f"is below {cfg.digits:g}.\n\n" + markdown_table(rows))
+    finding = (f"Over {n} seeds ({', '.join(map(str, per_seed))}): both mean and eps make digits at {len(both)} of "
+               f"them, and eps has the lower pixel FID at {len(wins)} of those; the verdict counts seeds.")
+    criterion = (f"over {n} seeds: both models make digits (classifier FID below {cfg.digits:g}) at more than half "
+                 f"of them, and eps has the lower pixel FID at more than half of them")
+    return ({"table": table, "finding": finding, "seeds_with_digits": digits, "seeds_both_digits": both,
+             "seeds_eps_wins": wins}, informative, reproduced, criterion,
+            {"seeds": n, "both_make_digits": len(both), "eps_wins": len(wins)})
 
 
 def _why_not_compared(params: tuple[str, ...], ok: dict[str, bool]) -> str:

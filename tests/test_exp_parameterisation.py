@@ -130,3 +130,35 @@ def test_a_run_of_one_parameterisation_says_it_compares_nothing(fake_mnist, tmp_
     assert m["verdict"]["reproduced"] == "not tested" and not m["informative"]
     report = (tmp_path / "report.md").read_text()
     assert "trained eps only, without mean" in report and "diverged" not in report.split("## Finding")[1]
+
+
+def test_n_seeds_trains_every_model_at_each_seed_and_decides_over_them(fake_mnist, tmp_path):
+    """`n_seeds=2`: seed 0's models are those of a one-seed run (the same numbers), seed 1's are new
+    (other weights, data order and noise), and the verdict follows the seed counts it reports."""
+    one = run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "one")
+    m = run_experiment("parameterisation", preset="smoke", out_dir=tmp_path / "two", overrides=["n_seeds=2"])
+    assert _drop_clock(m["results"]) == _drop_clock(one["results"])
+    assert m["seeds"] == [0, 1] and set(m["per_seed"]) == {"0", "1"}
+    s0, s1 = m["per_seed"]["0"], m["per_seed"]["1"]
+    assert _drop_clock(s0) == _drop_clock(m["results"])
+    assert s1["eps"]["pixel_fid"] != s0["eps"]["pixel_fid"] and s1["mean"]["rho0"] != s0["mean"]["rho0"]
+    digits = PRESETS["smoke"].digits
+    makes = {p: [s for s in (0, 1) if m["per_seed"][str(s)][p]["classifier_fid"] < digits] for p in ("mean", "eps")}
+    both = [s for s in (0, 1) if s in makes["mean"] and s in makes["eps"]]
+    wins = [s for s in both if m["per_seed"][str(s)]["eps"]["pixel_fid"] < m["per_seed"][str(s)]["mean"]["pixel_fid"]]
+    assert m["seeds_with_digits"] == makes and m["seeds_both_digits"] == both and m["seeds_eps_wins"] == wins
+    assert m["informative"] == (len(both) == 2) and m["reproduced"] == (len(wins) == 2)
+    assert m["verdict"]["reproduced"] == ("not tested" if len(both) < 2 else "yes" if len(wins) == 2 else "no")
+    assert m["verdict"]["numbers"] == {"seeds": 2, "both_make_digits": len(both), "eps_wins": len(wins)}
+    report = (tmp_path / "two" / "report.md").read_text()
+    assert f"Over 2 seeds (0, 1): both mean and eps make digits at {len(both)} of them" in report
+    assert "| parameterisation | seed 0 | seed 1 | digits at | median pixel FID |" in report
+    assert not list((tmp_path / "two").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("bad", ["0", "-1"])
+def test_n_seeds_is_validated(bad):
+    from zoo.common.config import ConfigError, apply_overrides
+
+    with pytest.raises(ConfigError, match="n_seeds must be an integer >= 1"):
+        apply_overrides(PRESETS["smoke"], [f"n_seeds={bad}"])
