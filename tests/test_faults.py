@@ -380,6 +380,17 @@ def test_a_second_writer_is_refused_naming_the_holder(cache, tmp_path, capsys, c
     assert run_main([*command, "--out", out], capsys)[0] == 0  # the lock died with it
 
 
+def test_under_torchrun_only_rank_0_takes_the_run_lock(tmp_path, monkeypatch):
+    from zoo.common.trainer import RunDirBusy, RunLock
+
+    with RunLock(tmp_path):
+        with pytest.raises(RunDirBusy):
+            RunLock(tmp_path).acquire()  # a second writer, in this process too
+        monkeypatch.setenv("RANK", "1")
+        with RunLock(tmp_path) as other:  # rank 1 of the job whose rank 0 holds the lock
+            assert other.fd is None
+
+
 def test_full_disk_is_one_line_and_keeps_the_checkpoint(cache, trained, tmp_path, capsys):
     mnt = tmp_path / "small"
     mnt.mkdir()

@@ -628,6 +628,7 @@ class RunLock:
 
     The file holds the owner's pid; a second writer gets a one-line RunDirBusy naming it. The
     kernel drops the lock when the process dies (SIGKILL included), so a stale file never blocks.
+    Under torchrun only rank 0 takes it, for the whole job: the other ranks share its directory.
     """
 
     def __init__(self, out_dir: str | Path):
@@ -635,6 +636,8 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> "RunLock":
+        if int(os.environ.get("RANK", "0")) > 0:
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
