@@ -10,8 +10,8 @@
   Wasserstein distance to held-out points for 2-D data;
 - ``real_floor``: what real training images score on the same metrics (``metrics.floor_and_ceiling``);
 - ``evaluate``: all of it under one ``EvalConfig``, used by ``zoo eval`` and the experiments;
-- ``Progress``: the bar sampling and likelihoods show on a terminal, in network evaluations (one
-  image through the network), with a total and a time left from the first chunk on;
+- ``Progress``: NFECounter with the bar sampling and likelihoods show on a terminal, in network
+  evaluations (one image through the network), with a total and a time left from the first chunk on;
 - ``test_set`` / ``bounds`` / ``likelihoods``: every likelihood a formulation defines on a dataset
   (ELBO, probability-flow ODE, IWAE ...) on the same recorded test images, for the zoo table.
 """
@@ -79,21 +79,21 @@ class NFECounter:
         return int(nfe) if nfe == int(nfe) else nfe
 
 
-class Progress:
-    """A tqdm bar on stderr counting the images the formulation's network processes (a forward hook,
-    as NFECounter), for a loop over `n` items (samples, test examples) in chunks. Its total, n x the
-    evaluations per item of the chunks so far, is set after each chunk, so the time left shows from
-    the first chunk on (a sampler's NFE or a bound's evaluations per example are not known before).
-    Shown when `show` is True, or when None and stderr is a terminal (the Trainer's rule)."""
+class Progress(NFECounter):
+    """NFECounter with a tqdm bar on stderr of the images the network processes, for a loop over `n`
+    items (samples, test examples) in chunks. Its total, n x the evaluations per item of the chunks
+    so far, is set after each chunk, so the time left shows from the first chunk on (a sampler's NFE
+    or a bound's evaluations per example are not known before). Shown when `show` is True, or when
+    None and stderr is a terminal (the Trainer's rule)."""
 
     def __init__(self, model: nn.Module, desc: str, n: int, show: bool | None = None):
-        self.net = getattr(model, getattr(model, "NETWORK", "net"))
-        self.n, self.items, self.rows = n, 0, 0
+        super().__init__(model)
+        self.n, self.items = n, 0
         show = sys.stderr.isatty() if show is None else show
         self.bar = tqdm(desc=desc, unit=" evals", unit_scale=True, disable=not show, leave=False, dynamic_ncols=True)
 
     def _hook(self, module, inputs, output) -> None:
-        self.rows += inputs[0].shape[0]
+        super()._hook(module, inputs, output)
         self.bar.update(inputs[0].shape[0])
 
     def chunk_done(self, k: int) -> None:
@@ -102,12 +102,8 @@ class Progress:
         self.bar.total = max(round(self.rows * self.n / self.items), self.rows)
         self.bar.refresh()
 
-    def __enter__(self) -> "Progress":
-        self.handle = self.net.register_forward_hook(self._hook)
-        return self
-
     def __exit__(self, *exc) -> bool:
-        self.handle.remove()
+        super().__exit__(*exc)
         self.bar.close()
         return False
 
@@ -136,7 +132,7 @@ def draw(model: nn.Module, n: int, chunk: int = 500, generator: torch.Generator 
     """n samples through ``model.sample``, `chunk` at a time (slices of `x_T` where given), timed and
     counted; `progress` the bar's rule (``Progress``)."""
     device, outs = device_of(model), []
-    with NFECounter(model) as counter, Progress(model, f"sampling {n}", n, progress) as bar:
+    with Progress(model, f"sampling {n}", n, progress) as counter:
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, n, chunk):
@@ -144,7 +140,7 @@ def draw(model: nn.Module, n: int, chunk: int = 500, generator: torch.Generator 
             start = None if x_T is None else x_T[i:i + m]
             chunk_kw = {k: (v[i:i + m] if torch.is_tensor(v) and v.shape[:1] == (n,) else v) for k, v in kw.items()}
             outs.append(model.sample(m, x_T=start, generator=generator, **chunk_kw).cpu())
-            bar.chunk_done(m)
+            counter.chunk_done(m)
         _sync(device)
         seconds = time.perf_counter() - t0
     return Samples(torch.cat(outs), counter.per_sample(n), seconds)

@@ -208,7 +208,7 @@ class GaussianDiffusion(nn.Module):
         if cfg.param == "mean":
             self.rho0 = nn.Parameter(torch.tensor(1.0))
             self.rho1 = nn.Parameter(torch.tensor(1.0))
-        self.loss_fn = L.LOSSES[cfg.loss]
+        self.loss_fn, self.loss_kind = L.LOSSES[cfg.loss], L.PREDICTION[cfg.loss]  # the kind it compares
         self._to_eps = {"eps": self._eps_from_prediction, "x0": self._eps_from_prediction,
                         "v": self._eps_from_prediction, "mean": self._eps_from_delta}[cfg.param]
 
@@ -324,9 +324,8 @@ class GaussianDiffusion(nn.Module):
             t, weights = torch.randint(self.cfg.t_min, self.cfg.T + 1, (x0.shape[0],), device=x0.device), None  # (B,)
         eps = torch.randn_like(x0)
         x_t = self.process.q_sample(x0, t, eps)
-        kind = L.PREDICTION[self.cfg.loss]
-        pred, v = self.predict_and_v(x_t, t, y, kind)
-        eps_hat = pred if kind == "eps" else self.process.convert(pred, x_t, t, kind, "eps")  # exact at every t
+        pred, v = self.predict_and_v(x_t, t, y, self.loss_kind)
+        eps_hat = self.process.convert(pred, x_t, t, self.loss_kind, "eps")  # exact at every t (identity for eps)
         per_example = self.loss_fn(self.process, x0, x_t, t, eps, pred, self.cfg)  # (B,)
         out = {}
         if v is not None:
