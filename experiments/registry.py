@@ -26,8 +26,9 @@ import torch
 from torch import nn
 
 from zoo import __version__
+from zoo.common.checkpoint import RunLock, remove_stale_temps
 from zoo.common.config import UsageError, apply_overrides, config_from_dict  # noqa: F401  (re-exported)
-from zoo.common.trainer import RunLock, TrainConfig, Trainer, remove_stale_temps
+from zoo.common.trainer import TrainConfig, Trainer
 from zoo.common.utils import seed_everything, write_json
 from zoo.report import Result, render
 from zoo.runs import remove_checkpoints, train

@@ -20,8 +20,9 @@ from zoo import ZooError
 from zoo.common.config import UsageError, apply_overrides, parse_kwargs, split_pair  # noqa: F401  (re-exported)
 from zoo.common.data import is_image, load_dataset, to_unit, training_set
 from zoo.common.plotting import save_picture
-from zoo.common.trainer import (RESUME_KEYS, CheckpointError, RunLock, TrainConfig, check_same_model, load_checkpoint,
-                                remove_stale_temps)
+from zoo.common.checkpoint import (RESUME_KEYS, CheckpointError, RunLock, check_same_model, load_checkpoint,
+                                   remove_stale_temps)
+from zoo.common.train_config import TrainConfig
 from zoo.common.utils import resolve_device, write_json
 from zoo.evaluation import EvalConfig, evaluate as evaluate_model
 from zoo.formulations import FORMULATION_MODULES, module, rebuild

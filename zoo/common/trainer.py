@@ -13,6 +13,9 @@ autocast on GPU, seeding, the tqdm bar, ``log.jsonl``, validation, atomic checkp
 resume (the data order of epoch e is a permutation drawn from ``seed + e``, so a checkpoint only
 needs the epoch, the batch index inside it and the RNG states). Under ``torchrun`` the same loop
 runs with DistributedDataParallel, each rank taking every world-th example of the permutation.
+
+Its parts live beside it and are re-exported here: TrainConfig, the optimisers and the LR schedule
+in train_config.py, the EMA in ema.py, the checkpoint format, loader and run lock in checkpoint.py.
 """
 
 from __future__ import annotations
@@ -20,14 +23,12 @@ from __future__ import annotations
 import atexit
 import copy
 import errno
-import fcntl
 import io
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,176 +38,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from zoo import ZooError
-from zoo.common.config import check, finite_positive
+from zoo.common.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_KEYS, RESUME_KEYS, CheckpointError, RunDirBusy,
+                                   RunLock, check_same_model, load_checkpoint, remove_stale_temps)
+from zoo.common.ema import EMA, SwapWeights
+from zoo.common.train_config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, fused_optimiser, lr_factor
 from zoo.common.utils import atomic_write_bytes, resolve_device, rng_state, seed_everything, set_rng_state
 
-CHECKPOINT_FORMAT = "zoo-checkpoint-v1"
-# Keys every checkpoint holds (load_checkpoint), and those resume needs on top.
-CHECKPOINT_KEYS = ("model_class", "meta", "model")
-RESUME_KEYS = ("optimizer", "scheduler", "step", "rng")
+# Re-exported: zoo.common.trainer is where SPEC 8 puts the training interface, and code outside the
+# package imports these names from here.
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "EMA", "LR_SCHEDULES", "OPTIMIZERS", "RESUME_KEYS",
+           "CheckpointError", "NonFiniteLoss", "RunDirBusy", "RunLock", "TrainConfig", "Trainer",
+           "check_same_model", "fused_optimiser", "load_checkpoint", "lr_factor", "remove_stale_temps"]
 
 
 class NonFiniteLoss(ZooError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class CheckpointError(ZooError):
-    """A checkpoint that is missing, truncated, foreign or for another model."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 1
-    steps: int | None = None  # a step budget: the Trainer runs ceil(steps / steps per epoch) epochs, then stops
-    max_steps: int | None = None  # stop after this many optimiser steps in total (None: all epochs)
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"  # adam | adamw | sgd
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # constant | step | cosine
-    step_size: int = 20  # epochs between StepLR decays
-    gamma: float = 0.1
-    warmup_steps: int = 0
-    ema_decay: float = 0.0  # 0 disables the EMA
-    ema_warmup: bool = True  # decay min(ema_decay, (1 + n)/(10 + n)) after n updates (SPEC 11)
-    grad_clip: float | None = 1.0  # max global grad norm, None disables
-    device: str = "cpu"
-    # Speed options, defaults from `zoo bench unet` (docs/benchmarks.md; one H100, paper U-Nets, batch 128):
-    # bf16 gave 1.05x (2.5 M params) and 0.77x (9.1 M): these nets are launch-bound, so off by default;
-    # torch.compile gave 1.07x after a 55 s compile (0.85x on 2 idle CPU cores): off; NHWC gave 1.24x on
-    # CUDA and 0.90x on CPU: on for CUDA only (None), True / False force it.
-    amp: bool = False  # bf16 autocast, on CUDA only
-    compile: bool = False  # torch.compile the loss (network and objective together)
-    channels_last: bool | None = None  # NHWC conv weights; None: on CUDA, off on CPU
-    seed: int = 0
-    log_every: int = 50  # steps between log.jsonl step lines
-    val_every: int = 1  # epochs between validations (0: never)
-    ckpt_every: int = 0  # steps between checkpoints (0: at each epoch end only)
-    progress: bool | None = None  # None: a bar only when stderr is a TTY
-
-    def __post_init__(self):
-        check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
-        check(self.steps is None or self.steps >= 1, f"train.steps must be None or >= 1, got {self.steps}")
-        check(self.max_steps is None or self.max_steps >= 1, f"train.max_steps must be None or >= 1, got {self.max_steps}")
-        check(self.batch_size >= 1, f"train.batch_size must be >= 1, got {self.batch_size}")
-        finite_positive(self.lr, "train.lr")
-        check(self.optimizer in OPTIMIZERS, f"unknown train.optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-              f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        check(self.lr_schedule in LR_SCHEDULES,
-              f"unknown train.lr_schedule {self.lr_schedule!r}; choose from {', '.join(LR_SCHEDULES)}")
-        check(self.step_size >= 1, f"train.step_size must be >= 1, got {self.step_size}")
-        finite_positive(self.gamma, "train.gamma")
-        check(self.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
-        check(0 <= self.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
-        check(self.grad_clip is None or (math.isfinite(self.grad_clip) and self.grad_clip > 0),
-              f"train.grad_clip must be None or a finite number > 0, got {self.grad_clip}")
-        check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
-        check(self.val_every >= 0, f"train.val_every must be >= 0, got {self.val_every}")
-        check(self.ckpt_every >= 0, f"train.ckpt_every must be >= 0, got {self.ckpt_every}")
-        check(self.channels_last in (None, True, False),
-              f"train.channels_last must be None (CUDA only), true or false, got {self.channels_last!r}")
-
-    def epochs_for(self, steps_per_epoch: int) -> int:
-        """Epochs to run: `epochs`, or with a step budget as many as the budget needs."""
-        return self.epochs if self.steps is None else math.ceil(self.steps / steps_per_epoch)
-
-    def total_steps(self, steps_per_epoch: int) -> int:
-        """Optimiser steps to run: the budget (or all epochs), capped by max_steps."""
-        total = self.epochs_for(steps_per_epoch) * steps_per_epoch if self.steps is None else self.steps
-        return total if self.max_steps is None else min(total, self.max_steps)
-
-    def schedule_steps(self, steps_per_epoch: int) -> int:
-        """The LR schedule's horizon: the step budget, or all epochs. Never max_steps, which stops a run
-        early without changing its schedule."""
-        return self.epochs * steps_per_epoch if self.steps is None else self.steps
-
-
-def fused_optimiser(device: torch.device) -> bool | None:
-    """Fused optimiser kernels (the whole update in one kernel for all parameters) on CUDA, where the
-    per-tensor default costs a launch per op. On the CPU torch's default: the fused CPU Adam step is
-    several times faster (`zoo bench profile`) but only 3-7% of a quick U-Net step, and it would
-    change the floating-point path of every CPU run, so committed results would no longer rerun
-    bit-identically from their config.json."""
-    return True if device.type == "cuda" else None
-
-
-OPTIMIZERS: dict[str, Callable] = {
-    "adam": lambda groups, c, fused: torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused),
-    "adamw": lambda groups, c, fused: torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused),
-    "sgd": lambda groups, c, fused: torch.optim.SGD(groups, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay,
-                                                    fused=fused),
-}
-
-
-LR_SCHEDULES = ("constant", "step", "cosine")
-
-
-def lr_factor(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base LR at optimiser step `step` (0-based), with linear warm-up."""
-
-    def constant(step: int) -> float:
-        return 1.0
-
-    def step_lr(step: int) -> float:  # StepLR on epochs: gamma every step_size epochs
-        return cfg.gamma ** ((step // steps_per_epoch) // cfg.step_size)
-
-    def cosine(step: int) -> float:
-        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-
-    schedules = {"constant": constant, "step": step_lr, "cosine": cosine}
-    base = schedules[cfg.lr_schedule]
-    if cfg.warmup_steps <= 0:
-        return base
-    return lambda step: base(step) * min(1.0, (step + 1) / cfg.warmup_steps)
-
-
-class EMA:
-    """Exponential moving average of a model's floating-point parameters and buffers.
-
-    Update ``n`` (n = 0, 1, ...) moves the shadow towards the weights with the decay
-
-        d_n = min(decay, (1 + n) / (10 + n))      with warm-up (SPEC 11; TensorFlow, flow_matching)
-        d_n = decay                               without
-
-    so that early in training the average forgets the random initial weights: with warm-up the
-    initial weights keep the share prod_{m<n} d_m = 9! n! / (n + 9)! after n updates (< 1e-3 for
-    n >= 100 at any decay), without it decay^n (14% after 2000 updates at 0.999). The update
-    count ``n`` is part of the state, so a resumed run continues the same sequence.
-    """
-
-    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
-        self.decay, self.warmup = decay, warmup
-        self.updates = 0
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-    def current_decay(self) -> float:
-        """d_n for the next update, n = self.updates."""
-        if not self.warmup:
-            return self.decay
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        d = self.current_decay()
-        floats, targets = [], []
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                floats.append(self.shadow[k])
-                targets.append(v)
-            else:
-                self.shadow[k].copy_(v)
-        if floats:
-            torch._foreach_lerp_(floats, targets, 1 - d)  # one fused launch for every tensor
-        self.updates += 1
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
-
-    def load_state_dict(self, state: dict[str, torch.Tensor], updates: int) -> None:
-        for k, v in state.items():
-            self.shadow[k].copy_(v)
-        self.updates = int(updates)
 
 
 class _LossModule(nn.Module):
@@ -402,7 +248,7 @@ class Trainer:
 
     def averaged(self):
         """Context manager: the model holds the EMA weights inside, its own weights after."""
-        return _SwapWeights(self.model, self.ema.shadow if self.ema is not None else None)
+        return SwapWeights(self.model, self.ema.shadow if self.ema is not None else None)
 
     def averaged_model(self) -> nn.Module:
         """A copy of the model in eval mode holding the EMA weights (the model itself if no EMA)."""
@@ -529,25 +375,6 @@ class Trainer:
         atomic_write_bytes(self.out_dir / "log.jsonl", lambda f: f.write(data))
 
 
-class _SwapWeights:
-    def __init__(self, model: nn.Module, weights: dict[str, torch.Tensor] | None):
-        self.model, self.weights, self.saved = model, weights, None
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-        if self.weights is not None:
-            self.saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            self.model.load_state_dict(self.weights)
-        return self.model
-
-    def __exit__(self, *exc):
-        if self.saved is not None:
-            self.model.load_state_dict(self.saved)
-        self.model.train(self.was_training)
-        return False
-
-
 def _resident(data: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
     """The training tensors on the device when they take under a quarter of its free memory (else left
     on the host and moved batch by batch): no host-to-device copy per step."""
@@ -556,114 +383,6 @@ def _resident(data: tuple[torch.Tensor, ...], device: torch.device) -> tuple[tor
     free, _ = torch.cuda.mem_get_info(device)
     size = sum(d.numel() * d.element_size() for d in data)
     return tuple(d.to(device) for d in data) if size < free / 4 else data
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    required: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Load a zoo checkpoint with ``weights_only=True``; anything else is a one-line CheckpointError.
-
-    The schema is checked before use: CHECKPOINT_KEYS and `required` must be present (the
-    message names the missing ones), ``model`` and ``meta`` must be dicts.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists() else
-                              f"checkpoint {path} is not a file")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, pickle with foreign globals, plain garbage ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise CheckpointError(f"{path} is not a readable zoo checkpoint (truncated or foreign: {first})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a zoo checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    missing = [k for k in (*CHECKPOINT_KEYS, *required) if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} is incomplete: missing {', '.join(missing)} (not written by this zoo, "
-                              f"or damaged)")
-    for key in ("model", "meta"):
-        if not isinstance(ckpt[key], dict):
-            raise CheckpointError(f"{path} is damaged: {key!r} is a {type(ckpt[key]).__name__}, not a dict")
-    return ckpt
-
-
-def _plain(value: Any) -> Any:
-    """Lists and tuples alike (config.json stores tuples as lists)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
-def check_same_model(path: str | Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
-    """CheckpointError unless checkpoint meta `saved` holds the formulation and model config of `current`."""
-    if "formulation" in saved and "formulation" in current and saved["formulation"] != current["formulation"]:
-        raise CheckpointError(f"{path} holds a {saved['formulation']!r} model, not {current['formulation']!r}; "
-                              f"use another --out or remove the checkpoint")
-    a, b = _plain(saved.get("config")), _plain(current.get("config"))
-    if isinstance(a, dict) and isinstance(b, dict) and a != b:
-        diff = [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}"
-                for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        raise CheckpointError(f"{path} was trained with another model config ({'; '.join(diff)}); "
-                              f"resume with the same --set values or use another --out")
-
-
-def remove_stale_temps(out_dir: str | Path) -> list[Path]:
-    """Delete the temp files (``.NAME.ckpt.*.tmp``) a killed checkpoint write left in `out_dir`.
-
-    Call it only while holding the RunLock: another writer's temp file is not stale.
-    """
-    stale = sorted(Path(out_dir).glob(".*.ckpt.*.tmp"))
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
-class RunDirBusy(ZooError):
-    """Another process holds the run directory's lock."""
-
-
-class RunLock:
-    """An exclusive ``fcntl.flock`` on OUT/.lock for the life of a run (one writer per run directory).
-
-    The file holds the owner's pid; a second writer gets a one-line RunDirBusy naming it. The
-    kernel drops the lock when the process dies (SIGKILL included), so a stale file never blocks.
-    Under torchrun only rank 0 takes it, for the whole job: the other ranks share its directory.
-    """
-
-    def __init__(self, out_dir: str | Path):
-        self.path = Path(out_dir) / ".lock"
-        self.fd: int | None = None
-
-    def acquire(self) -> "RunLock":
-        if int(os.environ.get("RANK", "0")) > 0:
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunDirBusy(f"{self.path.parent} is in use by another zoo process (pid {holder}); "
-                             f"wait for it or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> bool:
-        self.release()
-        return False
 
 
 def _end_distributed() -> None:
