@@ -117,3 +117,15 @@ def _real_digits(labels: torch.Tensor) -> torch.Tensor:
     of = {y: torch.nonzero(digit == y)[:, 0] for y in range(10)}
     pick = torch.stack([of[y][i % len(of[y])] for i, y in enumerate(labels.cpu().tolist())])
     return images[pick] * 2 - 1  # (n, 1, 28, 28)
+
+
+def test_zoo_eval_samples_in_chunks_so_its_bar_shows_the_time_left_early():
+    """On the CPU a tenth of n per chunk (at least 50, at most EvalConfig's 500); elsewhere 500."""
+    from zoo.evaluation import EvalConfig
+    from zoo.gaussian.model import Config, build
+    from zoo.workflows import eval_chunk
+
+    cpu = build(Config(data="mnist-grey", channels=(8, 16)))
+    assert [eval_chunk(n, cpu) for n in (1, 30, 80, 1000, 2345, 10000)] == [1, 30, 50, 100, 235, 500]
+    elsewhere = build(Config(data="mnist-grey", channels=(8, 16))).to("meta")  # stands in for a GPU
+    assert [eval_chunk(n, elsewhere) for n in (30, 1000, 10000)] == [30, EvalConfig.sample_chunk, EvalConfig.sample_chunk]
