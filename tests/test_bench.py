@@ -23,9 +23,10 @@ def test_bench_unet_rows(capsys, tmp_path):
 
 
 def test_cli_lists_every_variant():
-    from zoo import bench, cli
+    from zoo import bench
+    from zoo.cli import bench as cli_bench
 
-    assert cli.UNET_VARIANTS == bench.UNET_VARIANTS
+    assert cli_bench.UNET_VARIANTS == bench.UNET_VARIANTS
 
 
 def test_bench_unet_unknown_variant(capsys):

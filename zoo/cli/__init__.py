@@ -1,4 +1,4 @@
-"""The `zoo` command line (click lives only here).
+"""The `zoo` command line (click lives only in this package; the benchmarks in zoo/cli/bench.py).
 
 Errors are one line on stderr: exit code 2 for usage errors (unknown name, bad option or
 ``--set`` key or value, a GPU asked for without one), 1 for runtime failures (no data, bad
@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
 from zoo import ZooError
+from zoo.cli.bench import bench_cmd
+from zoo.cli.common import check_device
 
-# zoo.bench.UNET_VARIANTS, spelled out so that `zoo --help` does not import torch (tests/test_bench.py).
-UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs")
 PRESET_HELP = "smoke: seconds (tests); quick: minutes on 2 CPU cores; paper: the seed's settings (GPU hours)."
 
 
@@ -41,14 +40,6 @@ def list_cmd() -> None:
         click.echo(f"{exp.name:<17} {exp.summary}")
 
 
-def _check_device(device: str) -> str:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise click.UsageError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return device
-
-
 @cli.command("run")
 @click.argument("name")
 @click.option("--preset", type=click.Choice(["smoke", "quick", "paper"]), default="quick", show_default=True,
@@ -69,7 +60,7 @@ def run_cmd(name, preset, out_dir, device, seed, overrides, config_path, resume)
     """Run the experiment NAME and write its run directory (config, metrics, figures, report)."""
     from experiments.registry import load_json, run_experiment
 
-    _check_device(device)
+    check_device(device)
     config = None
     if config_path:
         saved = load_json(config_path)
@@ -116,183 +107,7 @@ def data_info() -> None:
         click.echo(f"{split:<6} {x.shape[0]:>6} images, labels {sorted(set(y.tolist()))}")
 
 
-@cli.group("bench")
-def bench_cmd() -> None:
-    """Benchmarks, reported as ratios measured in one run."""
-
-
-@bench_cmd.command("trainer")
-@click.option("--steps", type=click.IntRange(min=5), default=60, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
-def bench_trainer(steps: int, batch_size: int, device: str, repeats: int) -> None:
-    """Trainer throughput against a bare fwd/bwd/Adam loop on the same small U-Net."""
-    from zoo.bench import trainer_overhead
-
-    _check_device(device)
-    res = trainer_overhead(steps=steps, batch_size=batch_size, device=device, repeats=repeats)
-    click.echo(f"bare loop : {res['bare_steps_per_s']:.2f} steps/s")
-    click.echo(f"Trainer   : {res['trainer_steps_per_s']:.2f} steps/s")
-    click.echo(f"ratio     : {res['ratio']:.3f} (Trainer / bare, best of {repeats}; target >= 0.98)")
-
-
-@bench_cmd.command("sampler")
-@click.option("--T", "T", type=click.IntRange(min=2), default=1000, show_default=True, help="Steps of the process (DDPM NFE).")
-@click.option("--ddim-steps", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--no-ddpm", is_flag=True, help="Skip the T-step DDPM run (slow on a CPU).")
-def bench_sampler(T: int, ddim_steps: int, batch_size: int, device: str, repeats: int, no_ddpm: bool) -> None:
-    """Sampler wall time over NFE x one network forward (DDIM and DDPM, same U-Net and batch)."""
-    from zoo.bench import sampler_overhead
-
-    _check_device(device)
-    if ddim_steps > T:
-        raise click.BadParameter(f"--ddim-steps {ddim_steps} exceeds --T {T}")
-    res = sampler_overhead(T=T, ddim_steps=ddim_steps, batch_size=batch_size, device=device, repeats=repeats,
-                           ddpm=not no_ddpm)
-    click.echo(f"one forward : {res['forward_s'] * 1e3:.2f} ms (batch {batch_size})")
-    click.echo(f"DDIM-{ddim_steps}     : {res[f'ddim{ddim_steps}_s']:.3f} s, ratio {res['ddim_ratio']:.3f} (wall / NFE forwards)")
-    if not no_ddpm:
-        click.echo(f"DDPM-{T}   : {res[f'ddpm{T}_s']:.3f} s, ratio {res['ddpm_ratio']:.3f} (wall / NFE forwards)")
-
-
-def _channels(value: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(c) for c in value.split(","))
-    except ValueError:
-        widths = ()
-    if not widths or min(widths) < 1:
-        raise click.BadParameter(f"expected comma-separated positive widths like 32,64,128, got {value!r}")
-    return widths
-
-
-def _write_json(path: str | None, rows: list[dict]) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(rows, indent=1, default=str) + "\n")
-
-
-def _unet_step_options(steps: int, steps_help: str):
-    """The options of the benchmarks that time the paper U-Net's training step."""
-    options = [click.option("--channels", default="32,64,128", show_default=True, help="U-Net widths per level."),
-               click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True),
-               click.option("--steps", type=click.IntRange(min=1), default=steps, show_default=True, help=steps_help),
-               click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True),
-               click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)]
-
-    def deco(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return deco
-
-
-@bench_cmd.command("unet")
-@_unet_step_options(30, "Steps per timed block.")
-@click.option("--variants", default=",".join(UNET_VARIANTS), show_default=True,
-              help="Comma-separated speed options to measure.")
-@click.option("--no-peer", is_flag=True, help="Skip diffusers' UNet2DModel (measured when diffusers is installed).")
-@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
-def bench_unet(channels, batch_size, steps, device, repeats, variants, no_peer, json_path) -> None:
-    """Training img/s of the Gaussian U-Net step under each speed option (eager, bf16, channels_last,
-    torch.compile) and of diffusers' UNet2DModel at the same widths, as ratios to eager fp32."""
-    from zoo.bench import unet_training
-
-    _check_device(device)
-    names = tuple(v for v in variants.split(",") if v)  # checked by unet_training before it measures
-    click.echo(f"{'net':22s} {'variant':14s} {'params':>9s} {'img/s':>9s} {'x eager':>8s} {'warm-up s':>9s} {'peak MiB':>9s}")
-
-    def show(r: dict) -> None:
-        click.echo(f"{r['net']:22s} {r['variant']:14s} {r['params']:9d} {r['img_per_s']:9.0f} {r['vs_eager']:8.2f} "
-                   f"{r['warmup_s']:9.1f} {r['peak_mib']:9.0f}")
-
-    rows = unet_training(_channels(channels), batch_size, steps, device, repeats, names, peer=not no_peer, on_row=show)
-    _write_json(json_path, rows)
-
-
-@bench_cmd.command("sampling")
-@click.option("--channels", default="32,64,128", show_default=True, help="U-Net widths per level.")
-@click.option("--T", "T", type=click.IntRange(min=2), default=1000, show_default=True)
-@click.option("--ddim-steps", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--compile-mode", type=click.Choice(["none", "default", "reduce-overhead", "max-autotune"]),
-              default="default", show_default=True, help="Also time the samplers with the network compiled.")
-@click.option("--no-peer", is_flag=True, help="Skip diffusers' DDIMScheduler / DDPMScheduler.")
-@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
-def bench_sampling(channels, T, ddim_steps, batch_size, device, repeats, compile_mode, no_peer, json_path) -> None:
-    """DDIM-S and DDPM-T wall time: zoo's samplers (eager and compiled network) and diffusers'
-    schedulers driving the same network, each over NFE x one eager forward."""
-    from zoo.bench import sampler_variants
-
-    _check_device(device)
-    if ddim_steps > T:
-        raise click.BadParameter(f"--ddim-steps {ddim_steps} exceeds --T {T}")
-
-    def show(r: dict) -> None:
-        click.echo(f"{r['impl']:34s} {r['sampler']:20s} {r['seconds']:8.3f} s  ratio {r['ratio']:.3f} "
-                   f"(wall / NFE x one forward of {r['forward_s'] * 1e3:.2f} ms, batch {batch_size})")
-
-    rows = sampler_variants(T, ddim_steps, batch_size, _channels(channels), device, repeats,
-                            None if compile_mode == "none" else compile_mode, peer=not no_peer, on_row=show)
-    _write_json(json_path, rows)
-
-
-@bench_cmd.command("profile")
-@_unet_step_options(10, "Steps profiled (and per timed block).")
-@click.option("--trace", "trace_path", default=None, help="Also write a Chrome trace (chrome://tracing, Perfetto).")
-@click.option("--json", "json_path", default=None, help="Also write the result to this JSON file.")
-def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json_path) -> None:
-    """Where a training step's time goes: achieved FLOP/s against the machine's matmul rate, host time
-    per operator category, the top operators and, on CUDA, kernels per step and GPU busy fraction."""
-    from zoo.bench import profile_step
-
-    _check_device(device)
-    if trace_path:
-        Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
-    r = profile_step(_channels(channels), batch_size, steps, device, repeats, trace_path)
-    click.echo(f"U-Net {r['channels']} ({r['params']} params), batch {batch_size}, {device}: {r['step_ms']:.1f} ms "
-               f"per step, {r['img_per_s']:.0f} img/s")
-    click.echo(f"compute   : {r['gflop_per_step']:.2f} GFLOP per step (forward + backward) -> "
-               f"{r['achieved_gflops']:.1f} GFLOP/s = {r['of_peak']:.1%} of this machine's fp32 matmul "
-               f"({r['matmul_gflops']:.0f} GFLOP/s)")
-    if "gpu_busy" in r:
-        click.echo(f"GPU       : busy {r['gpu_busy']:.1%} of the wall, {r['kernels_per_step']:.0f} kernels per step "
-                   f"(low busy = launch-bound: the host, not the GPU, sets the pace)")
-    adam = r["adam_step_ms"]
-    click.echo(f"optimiser : Adam step {adam['fused']:.2f} ms fused against {adam['default']:.2f} ms with torch's default "
-               f"implementation ({adam['default'] / adam['fused']:.1f}x; the Trainer fuses on CUDA only)")
-    click.echo("phases    : " + ", ".join(f"{k} {v:.0%}" for k, v in r["host_phases"].items()) + " of the host time")
-    click.echo(f"host      : {r['aten_calls_per_step']:.0f} aten calls per step; self time by category: "
-               + ", ".join(f"{k} {v:.0%}" for k, v in r["host_shares"].items()))
-    click.echo(f"{'top operators (self time)':44s} {'calls/step':>10s} {'ms/step':>8s}")
-    for o in r["top_ops"]:
-        click.echo(f"{o['op'][:44]:44s} {o['calls_per_step']:10.1f} {o['self_ms_per_step']:8.2f}")
-    _write_json(json_path, [r])
-
-
-@bench_cmd.command("threads")
-@click.option("--steps", type=click.IntRange(min=5), default=20, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=10), default=240.0, show_default=True,
-              help="Seconds a single measurement may take.")
-@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
-def bench_threads(steps: int, timeout: float, json_path) -> None:
-    """CPU thread settings, alone and beside a competing training job (measure on an otherwise idle machine)."""
-    from zoo.bench import thread_policies
-
-    def show(r: dict) -> None:
-        rate = f"{r['steps_per_s']:.2f} steps/s" if r["steps_per_s"] else f"over {r['timeout_s']:.0f} s"
-        click.echo(f"{r['situation']:24s} {r['setting']:36s} {rate}")
-
-    rows = thread_policies(steps, timeout, on_row=show)
-    click.echo(f"zoo's policy (zoo/common/threads.py): {rows[0]['policy_threads']} thread(s) alone, "
-               f"{rows[-1]['policy_threads']} beside one busy job")
-    _write_json(json_path, rows)
+cli.add_command(bench_cmd)
 
 
 @cli.command("train")
@@ -310,7 +125,7 @@ def train_cmd(formulation, sets, trains, out_dir, device, seed, limit, resume) -
     """Train FORMULATION (gaussian, binary, ve, vae) through the shared Trainer."""
     from zoo.workflows import train
 
-    _check_device(device)
+    check_device(device)
     s = train(formulation, sets, trains, out_dir, device, seed, limit, resume)
     click.echo(f"trained {formulation} for {s['steps']} steps in {s['train_seconds']:.1f} s; "
                f"checkpoint: {s['checkpoint']}")
@@ -328,7 +143,7 @@ def sample_cmd(ckpt, n, out, device, seed, kws) -> None:
     """Draw samples from any zoo checkpoint: a PNG grid and the tensor (.pt)."""
     from zoo.workflows import parse_kwargs, sample
 
-    _check_device(device)
+    check_device(device)
     path = sample(ckpt, n, out, device, seed, parse_kwargs(kws))
     click.echo(f"wrote {path} and {path.with_suffix('.pt')}")
 
@@ -343,14 +158,12 @@ def sample_cmd(ckpt, n, out, device, seed, kws) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the metrics as JSON.")
 def eval_cmd(ckpt, n_samples, n_test, device, seed, kws, out) -> None:
     """Likelihood, sample quality (FID, or a 2-D distance), NFE and time of any zoo checkpoint."""
-    import json
-
     from zoo.common.utils import write_json
     from zoo.workflows import evaluate, parse_kwargs
 
     from zoo.common.config import UsageError
 
-    _check_device(device)
+    check_device(device)
     if out is not None and not out.strip():
         raise UsageError("--out '' is empty; give a JSON path, e.g. --out metrics.json")
     res = evaluate(ckpt, n_samples, n_test, device, seed, parse_kwargs(kws))
