@@ -1,4 +1,4 @@
-"""`zoo bench`: speed and memory, reported as ratios measured in one run (zoo/bench.py does the measuring).
+"""`zoo bench`: speed and memory, reported as ratios measured in one run (the zoo.bench package measures).
 
 torch and zoo.bench are imported inside each command, so `zoo --help` stays fast.
 """

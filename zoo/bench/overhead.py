@@ -1,0 +1,104 @@
+"""The Trainer against a bare loop, and a sampler against its network forwards (issue 13's ratios)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from zoo.bench.timing import best_time
+from zoo.common.nets import UNet, UNetConfig
+from zoo.common.trainer import TrainConfig, Trainer, fused_optimiser
+from zoo.common.utils import append_dims
+
+
+class _Denoise(nn.Module):
+    """A minimal denoising objective on a small U-Net: predict the noise at a random level."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = UNet(UNetConfig(channels=(16, 32), embed_dim=32))
+
+    def loss(self, batch):
+        (x,) = batch
+        t = torch.rand(x.shape[0], device=x.device)
+        eps = torch.randn_like(x)
+        x_t = append_dims((1 - t).sqrt(), x.ndim) * x + append_dims(t.sqrt(), x.ndim) * eps
+        return {"loss": ((self.net(x_t, t) - eps) ** 2).mean()}
+
+
+def _bare(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: torch.device) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused_optimiser(device))  # the Trainer's optimiser
+    perm = torch.randperm(len(data))
+    t0 = time.perf_counter()
+    for i in range(steps):
+        batch = (data[perm[i * batch_size:(i + 1) * batch_size]].to(device),)
+        loss = model.loss(batch)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t0)
+
+
+def _trainer(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: str) -> float:
+    cfg = TrainConfig(epochs=1, max_steps=steps, batch_size=batch_size, lr=1e-3, grad_clip=None,
+                      ema_decay=0.0, device=device, progress=False, log_every=50, val_every=0)
+    trainer = Trainer(model, (data,), cfg)  # no out_dir: nothing written
+    t0 = time.perf_counter()
+    trainer.fit()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return steps / (time.perf_counter() - t0)
+
+
+def trainer_overhead(steps: int = 60, batch_size: int = 64, device: str = "cpu", repeats: int = 3) -> dict:
+    """Best-of-`repeats` steps/s of the Trainer and of a bare loop, interleaved, and their ratio."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    data = torch.rand(steps * batch_size, 1, 28, 28) * 2 - 1
+    bare, trained = [], []
+    for r in range(repeats + 1):  # the first round warms up caches and is discarded
+        torch.manual_seed(r)
+        b = _bare(_Denoise().to(dev), data, steps, batch_size, dev)
+        torch.manual_seed(r)
+        t = _trainer(_Denoise(), data, steps, batch_size, device)
+        if r > 0:
+            bare.append(b)
+            trained.append(t)
+    return {"bare_steps_per_s": max(bare), "trainer_steps_per_s": max(trained),
+            "ratio": max(trained) / max(bare), "steps": steps, "batch_size": batch_size, "device": device}
+
+
+@torch.no_grad()
+def sampler_overhead(T: int = 1000, ddim_steps: int = 50, batch_size: int = 256, channels=(32, 64),
+                     device: str = "cpu", repeats: int = 3, ddpm: bool = True) -> dict:
+    """Wall time of DDIM-S (and DDPM-T) sampling over NFE x the time of one bare network forward.
+
+    The same untrained Gaussian U-Net and batch for all three; best of `repeats` each (the first
+    round warms up and is discarded). A ratio of 1.0 means the sampler adds nothing to the network.
+    """
+    from zoo.gaussian.model import Config, GaussianDiffusion
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = GaussianDiffusion(Config(data="mnist-grey", channels=tuple(channels), T=T, clip_x0=False)).to(dev).eval()
+    x = torch.randn(batch_size, 1, 28, 28, device=dev)
+    t = torch.full((batch_size,), T // 2, dtype=torch.long, device=dev)
+
+    def forward() -> None:
+        model.eps(x, t)
+
+    def timed(fn, n_calls: int = 1) -> float:
+        return best_time(fn, dev, repeats, n_calls)
+
+    one = timed(forward, n_calls=10)
+    ddim_s = timed(lambda: model.sample(batch_size, sampler="ddim", steps=ddim_steps, x_T=x))
+    out = {"device": device, "batch_size": batch_size, "T": T, "forward_s": one,
+           f"ddim{ddim_steps}_s": ddim_s, "ddim_ratio": ddim_s / (ddim_steps * one)}
+    if ddpm:
+        ddpm_s = timed(lambda: model.sample(batch_size, sampler="ddpm", x_T=x))
+        out.update({f"ddpm{T}_s": ddpm_s, "ddpm_ratio": ddpm_s / (T * one)})
+    return out

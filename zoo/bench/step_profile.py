@@ -1,0 +1,103 @@
+"""Where a training step's time goes: FLOP/s against the machine's matmul ceiling, host time per phase and
+operator category, and on CUDA the kernels per step and the GPU's busy fraction."""
+
+from __future__ import annotations
+
+import torch
+
+from zoo.bench.timing import best_time, param_count, sync, zoo_unet
+from zoo.common.trainer import fused_optimiser
+
+# Operator categories of a profile, matched in order on the aten name (self time, so nothing counts twice).
+PROFILE_CATEGORIES = (("convolution", ("conv",)), ("matmul", ("addmm", "aten::mm", "bmm", "matmul", "linear")),
+                      ("normalisation", ("group_norm", "layer_norm", "batch_norm")),
+                      ("optimiser", ("_foreach", "adam")),
+                      ("elementwise and other", ("",)))
+
+
+def _category(name: str) -> str:
+    low = name.lower()
+    return next(cat for cat, keys in PROFILE_CATEGORIES if any(k in low for k in keys))
+
+
+def _matmul_rate(device: torch.device, n: int, repeats: int) -> float:
+    """FLOP/s of one n x n x n fp32 matmul: the machine's dense ceiling as torch reaches it."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n ** 3 / best_time(lambda: a @ b, device, repeats, n_calls=3)
+
+
+def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10, device: str = "cpu",
+                 repeats: int = 2, trace: str | None = None, top: int = 12) -> dict:
+    """Where one training step of the Gaussian U-Net (eps, simple loss, Adam) spends its time.
+
+    Measures, in one run: the step's wall time (best of `repeats`, unprofiled); its FLOPs, forward and
+    backward (torch.utils.flop_counter); the machine's dense fp32 matmul rate, so that achieved/peak
+    says how close to compute-bound the step is; the Adam step alone, fused and torch's default; and a
+    torch.profiler profile of `steps` steps: host time per phase (forward, backward, optimiser) and per
+    operator category, and on CUDA the kernels per step and the fraction of the wall the GPU is busy
+    (low: launch-bound, the host is the limit). `trace`: also write a Chrome trace (chrome://tracing,
+    Perfetto)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zoo.common.trainer import _LossModule
+
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    model = zoo_unet(channels, dev)
+    step_fn = _LossModule(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_optimiser(dev))
+    x = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
+
+    def one() -> None:  # its three phases labelled for the profile (free when no profiler runs)
+        with record_function("zoo::forward"):
+            loss = step_fn((x,))["loss"]
+        with record_function("zoo::backward"):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("zoo::optimiser"):
+            opt.step()
+
+    def adam_step_s(**kw) -> float:  # the optimiser step alone, on this model's gradients
+        o = torch.optim.Adam(model.parameters(), lr=1e-4, **kw)
+        return best_time(o.step, dev, repeats, n_calls=10)
+
+    step_s = best_time(one, dev, repeats, n_calls=steps)
+    opt.zero_grad(set_to_none=True)
+    with FlopCounterMode(display=False) as counter:
+        step_fn((x,))["loss"].backward()  # the gradients stay for the optimiser timing
+    flops = counter.get_total_flops()
+    adam = {"fused": adam_step_s(fused=True), "default": adam_step_s()}
+    peak = _matmul_rate(dev, 4096 if dev.type == "cuda" else 1024, repeats)
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    sync(dev)
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            one()
+        sync(dev)
+    if trace:
+        prof.export_chrome_trace(trace)
+    averages = prof.key_averages()
+    events = [e for e in averages if e.key.startswith("aten::")]
+    host = sum(e.self_cpu_time_total for e in events) or 1.0
+    shares: dict[str, float] = {cat: 0.0 for cat, _ in PROFILE_CATEGORIES}
+    for e in events:
+        shares[_category(e.key)] += e.self_cpu_time_total / host
+    marks = {e.key.removeprefix("zoo::"): e.cpu_time_total for e in averages if e.key.startswith("zoo::")}
+    phases = {k: v / (sum(marks.values()) or 1.0) for k, v in marks.items()}
+    ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    out = {"device": device, "channels": tuple(channels), "batch_size": batch_size, "steps": steps,
+           "params": param_count(model.net), "step_ms": 1e3 * step_s, "img_per_s": batch_size / step_s,
+           "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9, "matmul_gflops": peak / 1e9,
+           "of_peak": flops / step_s / peak, "adam_step_ms": {k: 1e3 * v for k, v in adam.items()},
+           "host_phases": phases, "host_shares": shares,
+           "aten_calls_per_step": sum(e.count for e in events) / steps,
+           "top_ops": [{"op": e.key, "calls_per_step": e.count / steps,
+                        "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps} for e in ops]}
+    if dev.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy_us = sum(e.time_range.elapsed_us() for e in kernels)
+        wall_us = (max(e.time_range.end for e in prof.events()) - min(e.time_range.start for e in prof.events()))
+        out.update(kernels_per_step=len(kernels) / steps, gpu_busy=busy_us / max(wall_us, 1))
+    return out
