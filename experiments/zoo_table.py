@@ -28,7 +28,7 @@ from zoo.common.nets import count_parameters
 from zoo.common.trainer import TrainConfig
 from zoo.continuous_time.model import Config as VEConfig
 from zoo.evaluation import EvalConfig, draw, likelihoods, quality, test_set
-from zoo.formulations import FORMULATION_MODULES, module
+from zoo.formulations import build
 from zoo.gaussian.model import Config as GaussianConfig
 from zoo.report import Report, Result, figure, verdict
 from zoo.vae.model import Config as VAEConfig
@@ -102,11 +102,6 @@ Nichol & Dhariwal 2021; exact through the probability-flow ODE, Song et al. 2021
 binarised MNIST a VAE's bound is 86.76 nats and an IWAE's 84.78 (Burda et al.), a Bayesian Flow
 Network's 79.46; a VAE samples in one network evaluation where diffusion needs tens to thousands.
 """
-
-
-def build(cfg):
-    """The formulation of a Config, by the module that defines it."""
-    return module({path: name for name, path in FORMULATION_MODULES.items()}[type(cfg).__module__]).build(cfg)
 
 
 def run(cfg: ZooConfig, ctx: RunContext) -> Result:

@@ -60,3 +60,11 @@ def test_trainer_re_exports_its_parts():
     homes = {name: mod for mod in (checkpoint, ema, train_config) for name in dir(mod) if name in trainer.__all__}
     assert set(homes) | {"NonFiniteLoss", "Trainer"} == set(trainer.__all__)
     assert all(getattr(trainer, name) is getattr(mod, name) for name, mod in homes.items())
+
+
+def test_every_formulation_config_builds_its_model_by_registry():
+    """zoo.formulations.build finds a Config's formulation by class, wherever the class is defined."""
+    from zoo.formulations import FORMULATION_MODULES, build, module, name_of
+
+    for name in FORMULATION_MODULES:
+        assert name_of(build(module(name).Config())) == name

@@ -52,6 +52,16 @@ def name_of(model: Any) -> str:
     return names[path]
 
 
+def build(cfg: Any):
+    """The model of a formulation's Config, by the registered module whose ``Config`` it is (the class may
+    be defined elsewhere, e.g. zoo.gaussian.config, and re-exported)."""
+    for name in FORMULATION_MODULES:
+        if module(name).Config is type(cfg):
+            return module(name).build(cfg)
+    raise ZooError(f"{type(cfg).__name__} is not the Config of a registered formulation; "
+                   f"formulations: {', '.join(FORMULATION_MODULES)}")
+
+
 def meta(model: Any) -> dict[str, Any]:
     """What a checkpoint carries to rebuild `model`: its formulation name and config."""
     return {"formulation": name_of(model), "config": dataclasses.asdict(model.cfg)}
