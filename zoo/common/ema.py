@@ -58,7 +58,6 @@ class EMA:
         self.updates = int(updates)
 
 
-
 class SwapWeights:
     """Context manager: `model` in eval mode holding `weights` inside (its own if None), restored after."""
 
