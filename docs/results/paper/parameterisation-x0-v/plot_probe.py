@@ -21,10 +21,14 @@ RUNS = {  # label -> probe json
     "eps, seed 1, StepLR 30": DIAG / "level-padded-unit-s30-seed1" / "eps_level.json",
     "x0, seed 0, StepLR 30": HERE / "x0" / "level_probe.json",
     "v, seed 0, StepLR 30 (digits)": HERE / "v" / "level_probe.json",
+    "v, seed 1, StepLR 30 (digits)": HERE / "v-seed1" / "level_probe.json",
+    "v, seed 2, StepLR 30 (digits)": HERE / "v-seed2" / "level_probe.json",
 }
 
 fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
 for label, path in RUNS.items():
+    if not path.exists():
+        continue
     probe = json.loads(path.read_text())["probe"]
     ts = sorted(int(t) for t in probe)
     style = dict(marker="o", ms=3, ls="--" if label.startswith("eps") else "-",
