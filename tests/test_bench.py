@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from tests.conftest import run_zoo
+from zoo.bench import sampler_step_ops
+from zoo.bench.overhead import _OpCounter
 from zoo.common.trainer import TrainConfig, Trainer
 from zoo.gaussian.model import Config, GaussianDiffusion
 
@@ -132,3 +134,19 @@ def test_profile_categories():
     assert [_category(n) for n in ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::addmm",
                                     "aten::native_group_norm_backward", "aten::_foreach_add_", "aten::silu")] == \
         ["convolution", "convolution", "matmul", "normalisation", "optimiser", "elementwise and other"]
+
+
+def test_op_counter_counts_kernels_not_views():
+    x = torch.randn(4, 3)
+    with _OpCounter() as counter:
+        (x * 2 + 1).view(-1).unsqueeze(0).t()
+    assert counter.n == 2
+
+
+def test_a_sampler_step_adds_a_handful_of_ops_to_the_network():
+    """The samplers pass one int step for the batch, so their coefficients are Python floats: a DDPM step
+    is noise, the mean and the update (7 ops; 19 when every coefficient was a gather, cast and subtract,
+    38 with clipping). A gather creeping back into the loop costs 3 launches per coefficient."""
+    ops = sampler_step_ops()
+    assert ops["ddpm"] <= 8 and ops["ddpm_clip"] <= 15, ops
+    assert ops["ddim"] <= 14 and ops["ddim_clip"] <= 21, ops  # DDIM-10: its respacing is spread over 10 steps

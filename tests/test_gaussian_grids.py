@@ -245,3 +245,15 @@ def test_spacing_reaches_the_samplers():
         samplers.ddim(exact_eps(p, M), p, x_T, 7, spacing="uniform")
     with pytest.raises(ValueError, match="choose from eps, x0, v"):
         samplers.ode(exact_eps(p, M), p, x_T, 7, prediction="score")
+
+
+def test_an_int_step_still_refuses_eps_at_zero_terminal_snr():
+    """The samplers' int t takes the same zero-SNR guard as a tensor t (without looking at a device tensor)."""
+    zsnr = VPProcess(rescale_betas_zero_snr(make_betas("linear", 20)))
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(ZeroSNRError):
+        zsnr.split(x, x, 20, "eps")
+    with pytest.raises(ZeroSNRError):
+        zsnr.reverse_mean(x, x, 20, "eps")
+    torch.testing.assert_close(zsnr.split(x, x, 20, "v")[0], zsnr.split(x, x, torch.full((2,), 20), "v")[0],
+                               rtol=0, atol=0)

@@ -133,3 +133,26 @@ def test_respacing_keeps_alpha_bar_and_maps_steps():
     torch.testing.assert_close(full.betas, p.betas, rtol=1e-9, atol=0)
     with pytest.raises(ValueError):
         p.respace(torch.tensor([5, 3]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_one_int_step_gives_the_tensor_coefficients(dtype):
+    """An int t (what the samplers pass) gives, as a Python float, exactly the value the (B,) tensor path
+    gathers in x's dtype, for every table; so the samplers' numbers do not depend on which is used."""
+    p = VPProcess(make_betas("cosine", 30)).respace([1, 4, 9, 16, 25, 30])
+    x = torch.zeros(3, 1, 2, 2, dtype=dtype)
+    for name in p.tables:
+        if name == "timesteps":
+            continue
+        for t in range(1, p.T + 1):
+            gathered = p.coef(name, torch.full((3,), t), x)
+            assert gathered.dtype == dtype and gathered.shape == (3, 1, 1, 1)
+            value = p.coef(name, t, x)
+            assert isinstance(value, float) and torch.equal(gathered, torch.full_like(gathered, value)), (name, t)
+    assert [p.model_t(t) for t in range(1, p.T + 1)] == p.model_t(torch.arange(1, p.T + 1)).tolist() \
+        == [1, 4, 9, 16, 25, 30]
+    for bad in (0, p.T + 1):
+        with pytest.raises(IndexError, match="outside 1..6"):
+            p.coef("betas", bad, x)
+        with pytest.raises(IndexError):
+            p.model_t(bad)

@@ -5,10 +5,11 @@ sampling, with diffusers' peers), threads.py (CPU thread settings under load), s
 step's time goes), timing.py (the shared timer).
 """
 
-from zoo.bench.overhead import sampler_overhead, trainer_overhead
+from zoo.bench.overhead import sampler_overhead, sampler_step_ops, trainer_overhead
 from zoo.bench.step_profile import PROFILE_CATEGORIES, _category, profile_step
 from zoo.bench.threads import thread_policies
 from zoo.bench.unet import COMPILE_MODES, UNET_VARIANTS, sampler_variants, unet_training
 
 __all__ = ["COMPILE_MODES", "PROFILE_CATEGORIES", "UNET_VARIANTS", "profile_step", "sampler_overhead",
-           "sampler_variants", "thread_policies", "trainer_overhead", "unet_training", "_category"]
+           "sampler_step_ops", "sampler_variants", "thread_policies", "trainer_overhead", "unet_training",
+           "_category"]

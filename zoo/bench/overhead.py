@@ -6,6 +6,7 @@ import time
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from zoo.bench.timing import best_time
 from zoo.common.nets import UNet, UNetConfig
@@ -101,4 +102,50 @@ def sampler_overhead(T: int = 1000, ddim_steps: int = 50, batch_size: int = 256,
     if ddpm:
         ddpm_s = timed(lambda: model.sample(batch_size, sampler="ddpm", x_T=x))
         out.update({f"ddpm{T}_s": ddpm_s, "ddpm_ratio": ddpm_s / (T * one)})
+    return out
+
+
+# Ops that only make a view (no kernel launch on any device).
+_VIEW_OPS = frozenset({"view", "_unsafe_view", "expand", "unsqueeze", "squeeze", "slice", "select", "t", "permute",
+                       "as_strided", "alias", "reshape", "detach", "lift_fresh"})
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the non-view aten ops dispatched inside it (each one a kernel launch on a GPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func.__name__.split(".")[0] not in _VIEW_OPS
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def sampler_step_ops(T: int = 40, steps: int = 10, batch_size: int = 2) -> dict:
+    """Ops each sampler step dispatches beyond its network evaluations, with and without clipping x0_hat.
+
+    Counted, not timed: (ops of a whole sampling run - NFE x ops of one network forward) / steps, on a
+    tiny CPU U-Net (the count does not depend on its size or device). On a launch-bound GPU each op
+    costs ~5-10 us of host time, which is what a sampler adds to its NFE forwards.
+    """
+    from zoo.gaussian.model import Config, GaussianDiffusion
+
+    def ops(fn) -> int:
+        with _OpCounter() as counter:
+            fn()
+        return counter.n
+
+    torch.manual_seed(0)
+    out = {}
+    for clip in (False, True):
+        model = GaussianDiffusion(Config(data="mnist-grey", channels=(8, 16), T=T, clip_x0=clip)).eval()
+        x = torch.randn(batch_size, 1, 28, 28)
+        t = torch.full((batch_size,), T // 2, dtype=torch.long)
+        forward = ops(lambda: model.eps(x, t))
+        for name, kw in (("ddpm", {}), ("ddim", {"steps": steps})):
+            total = ops(lambda: model.sample(batch_size, sampler=name, x_T=x, **kw))
+            n_steps = kw.get("steps", T)
+            out[f"{name}{'_clip' if clip else ''}"] = (total - n_steps * forward) / n_steps
     return out

@@ -46,7 +46,7 @@ def bench_trainer(steps: int, batch_size: int, device: str, repeats: int) -> Non
 @click.option("--no-ddpm", is_flag=True, help="Skip the T-step DDPM run (slow on a CPU).")
 def bench_sampler(T: int, ddim_steps: int, batch_size: int, device: str, repeats: int, no_ddpm: bool) -> None:
     """Sampler wall time over NFE x one network forward (DDIM and DDPM, same U-Net and batch)."""
-    from zoo.bench import sampler_overhead
+    from zoo.bench import sampler_overhead, sampler_step_ops
 
     check_device(device)
     if ddim_steps > T:
@@ -57,6 +57,9 @@ def bench_sampler(T: int, ddim_steps: int, batch_size: int, device: str, repeats
     click.echo(f"DDIM-{ddim_steps}     : {res[f'ddim{ddim_steps}_s']:.3f} s, ratio {res['ddim_ratio']:.3f} (wall / NFE forwards)")
     if not no_ddpm:
         click.echo(f"DDPM-{T}   : {res[f'ddpm{T}_s']:.3f} s, ratio {res['ddpm_ratio']:.3f} (wall / NFE forwards)")
+    ops = sampler_step_ops()
+    click.echo(f"ops per step beyond the network (kernel launches on a GPU): DDPM {ops['ddpm']:.1f} "
+               f"({ops['ddpm_clip']:.1f} clipping x0_hat), DDIM-10 {ops['ddim']:.1f} ({ops['ddim_clip']:.1f})")
 
 
 def _channels(value: str) -> tuple[int, ...]:

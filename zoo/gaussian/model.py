@@ -251,9 +251,9 @@ class GaussianDiffusion(nn.Module):
         if variance == "learned" and not cfg.learn_variance:
             raise ValueError("variance 'learned' needs learn_variance=True")
         learned = sampler == "ddpm" and variance == "learned"
+        # The samplers clip x0_hat themselves (cheaper per step than a clipped() denoiser, the same numbers).
         denoiser = self.denoiser(None if labels is None else labels.to(dev), cfg.w if w is None else w,
-                                 clip=cfg.clip_x0 and self.discrete, prediction=self.prediction,
-                                 with_variance=learned)
+                                 prediction=self.prediction, with_variance=learned)
         x_T = randn((n, *self.shape), generator, dev) if x_T is None else x_T.to(dev)
         steps = steps or cfg.steps or 50
         kw = {
@@ -263,7 +263,7 @@ class GaussianDiffusion(nn.Module):
                                  spacing=spacing),
             "ode": lambda: dict(steps=steps, method=method or cfg.method, spacing=spacing),
         }[sampler]()
-        kw["prediction"] = self.prediction
+        kw.update(prediction=self.prediction, clip=cfg.clip_x0 and self.discrete)
         was_training = self.training
         self.eval()
         x0 = SAMPLERS[sampler](denoiser, self.process, x_T, callback=callback, **kw)
@@ -352,9 +352,10 @@ def guided(eps_fn, labels: torch.Tensor, w: float, null: int):
     is the conditional branch's.
     """
 
+    y = torch.cat([torch.full_like(labels, null), labels])  # (2B,)
+
     def denoiser(x_t: torch.Tensor, t: torch.Tensor):
         n = x_t.shape[0]
-        y = torch.cat([torch.full_like(labels, null), labels])  # (2B,)
         e, v = _split(eps_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), y))  # (2B, ...)
         return _join((1 - w) * e[:n] + w * e[n:], None if v is None else v[n:])
 
@@ -370,8 +371,7 @@ def clipped(denoiser, process: VPProcess, prediction: str = "eps"):
 
     def den(x_t: torch.Tensor, t: torch.Tensor):
         pred, v = _split(denoiser(x_t, t))
-        x0_hat = process.convert(pred, x_t, t, prediction, "x0").clamp(-1, 1)
-        return _join(process.convert(x0_hat, x_t, t, "x0", prediction), v)
+        return _join(process.clip_x0(pred, x_t, t, prediction), v)
 
     return den
 

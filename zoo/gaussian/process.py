@@ -1,9 +1,11 @@
 """The variance-preserving forward process, its posterior and exact conversions (SPEC section 1).
 
 Time convention: 1-based steps ``t = 1..T`` (``t = T`` is nearly pure noise), given as a long
-tensor ``t`` of shape (B,). Coefficient arrays are float64 and indexed so that
-``alpha_bars[t - 1]`` is ``alpha_bar_t``; ``alpha_bar_0 = 1``. Gathered coefficients are cast to
-the dtype of the tensor they multiply.
+tensor ``t`` of shape (B,), or as one Python int for the whole batch (what the samplers use: every
+coefficient is then a Python float, so a sampler step launches no gather, cast or host sync).
+Coefficient arrays are float64 and indexed so that ``alpha_bars[t - 1]`` is ``alpha_bar_t``;
+``alpha_bar_0 = 1``. Gathered coefficients are cast to the dtype of the tensor they multiply (a
+float for an int ``t`` holds exactly that dtype's value, so both forms compute the same numbers).
 
 Symbols: ``beta_t``, ``alpha_t = 1 - beta_t``, ``alpha_bar_t = prod_{s<=t} alpha_s``,
 ``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps``, ``v = sqrt(alpha_bar) eps -
@@ -67,6 +69,8 @@ class VPProcess:
             "timesteps": self.timesteps,
         }
         self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
+        self._cast: dict[tuple[torch.device, torch.dtype, str], torch.Tensor] = {}  # tables in x's dtype
+        self._floats: dict[tuple[torch.dtype, str], list] = {}  # ... as Python numbers, for an int t
 
     # ------------------------------------------------------------------ coefficients
 
@@ -78,11 +82,24 @@ class VPProcess:
             cache[name] = self.tables[name].to(device)
         return cache[name]
 
-    def coef(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """table[t - 1] cast to x's dtype, on t's device, broadcastable against x: (B, 1, ...)."""
+    def coef(self, name: str, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor | float:
+        """table[t - 1] in x's dtype: on t's device and broadcastable against x, (B, 1, ...), for a
+        tensor t; a Python float holding that dtype's value for an int t (one step for the batch)."""
+        if isinstance(t, int):
+            self._check_step(t)
+            key = (x.dtype, name)
+            if key not in self._floats:
+                self._floats[key] = self.tables[name].to(x.dtype).tolist()
+            return self._floats[key][t - 1]
+        key = (t.device, x.dtype, name)
+        if key not in self._cast:  # cast once: selecting then casting gives the same values
+            self._cast[key] = self.tables[name].to(device=t.device, dtype=x.dtype)
         # index_select: plain advanced indexing is orders of magnitude slower on CPU.
-        vals = self.table(name, t.device).index_select(0, t.long() - 1)  # (B,) float64
-        return append_dims(vals, x.ndim).to(dtype=x.dtype)
+        return append_dims(self._cast[key].index_select(0, t.long() - 1), x.ndim)  # (B, 1, ...)
+
+    def _check_step(self, t: int) -> None:
+        if not 1 <= t <= self.T:
+            raise IndexError(f"step {t} is outside 1..{self.T}")
 
     @staticmethod
     def gather(arr: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -93,14 +110,17 @@ class VPProcess:
         vals = arr.to(t.device).index_select(0, t.long() - 1)  # (B,) float64
         return append_dims(vals, x.ndim).to(device=x.device, dtype=x.dtype)
 
-    def _check_eps_invertible(self, t: torch.Tensor) -> None:
+    def _check_eps_invertible(self, t: torch.Tensor | int) -> None:
         """Raise ZeroSNRError if some t is T and alpha_bar_T = 0 (only then does it look at t)."""
-        if self.zero_terminal_snr and bool((t == self.T).any()):
+        if self.zero_terminal_snr and (t == self.T if isinstance(t, int) else bool((t == self.T).any())):
             raise ZeroSNRError("an eps prediction does not determine x0 at t = T when alpha_bar_T = 0 "
                                "(zero terminal SNR); predict x0 or v there (choose from x0, v)")
 
-    def model_t(self, t: torch.Tensor) -> torch.Tensor:
-        """The original step of each step `t` of this (possibly respaced) process: (B,) long."""
+    def model_t(self, t: torch.Tensor | int) -> torch.Tensor | int:
+        """The original step of each step `t` of this (possibly respaced) process: (B,) long, or an int."""
+        if isinstance(t, int):
+            self._check_step(t)
+            return self._floats.setdefault((torch.long, "timesteps"), self.timesteps.tolist())[t - 1]
         return self.table("timesteps", t.device).index_select(0, t.long() - 1)
 
     # ------------------------------------------------------------------ forward process
@@ -139,6 +159,13 @@ class VPProcess:
         a, b = self._scales(t, x_t)
         x0, eps = self._split(out, x_t, t, src, a, b)
         return _FROM_X0_EPS[dst](x0, eps, a, b)
+
+    def clip_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int, prediction: str) -> torch.Tensor:
+        """The prediction of kind `prediction` whose implied x0_hat is clamped to [-1, 1]
+        (improved-diffusion's clip_denoised). For eps, x0_hat is undefined where alpha_bar = 0
+        (ZeroSNRError); x0 and v are clamped at every t."""
+        x0_hat = self.convert(out, x_t, t, prediction, "x0").clamp(-1, 1)
+        return self.convert(x0_hat, x_t, t, "x0", prediction)
 
     def split(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
               prediction: str) -> tuple[torch.Tensor, torch.Tensor]:

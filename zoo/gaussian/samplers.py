@@ -13,11 +13,18 @@ x0}``. A respaced process (``VPProcess.respace``) works unchanged: the denoiser 
 Strided samplers visit ``schedules.step_grid(T, steps, spacing)`` (``spacing`` one of leading,
 trailing, linspace; SPEC 11), from its largest step down, then go to ``alpha_bar_0 = 1``.
 
+Every step is one step for the whole batch, so the samplers hand the process a Python int ``t``
+and its coefficients come back as Python floats: apart from the network, a DDPM step is a handful
+of elementwise kernels (no gather, cast or host sync), which is what bounds a sampler's wall time
+by its network evaluations on a GPU. ``clip=True`` clamps the x0_hat implied by every prediction to
+[-1, 1] (improved-diffusion's clip_denoised) before the step uses it.
+
 Time convention: 1-based steps, ``t = T`` noise, ``alpha_bar_0 = 1``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -51,6 +58,13 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return randn(x.shape, generator, x.device, x.dtype)
 
 
+def _predict(denoiser: Denoiser, process: VPProcess, x: torch.Tensor, t: int, prediction: str, clip: bool):
+    """(prediction, learned variance output or None) of the denoiser at step t of `process`, clipped if asked."""
+    out = denoiser(x, _steps(x, process.model_t(t)))
+    out, v = out if isinstance(out, tuple) else (out, None)
+    return (process.clip_x0(out, x, t, prediction) if clip else out), v
+
+
 def _check(prediction: str, spacing: str) -> None:
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; choose from {', '.join(PREDICTIONS)}")
@@ -60,7 +74,7 @@ def _check(prediction: str, spacing: str) -> None:
 
 def ddpm(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, variance: str = "beta_tilde",
          generator: torch.Generator | None = None, callback=None, steps: int | None = None,
-         spacing: str = "leading", prediction: str = "eps") -> torch.Tensor:
+         spacing: str = "leading", prediction: str = "eps", clip: bool = False) -> torch.Tensor:
     """Ancestral sampling, Algorithm 2 of Ho et al. (2020): x_{t-1} = mu_theta(x_t, t) + sigma_t z.
 
     sigma_t^2 is beta_t ('beta') or beta_tilde_t ('beta_tilde'); z = 0 at t = 1. All T steps by
@@ -74,26 +88,24 @@ def ddpm(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, variance: st
     spaced = process if steps is None else process.respace(step_grid(process.T, steps, spacing))
     learned = LearnedLogVariance(spaced)
     x = x_T
-    for i, t_int in enumerate(range(spaced.T, 0, -1)):
-        t = _steps(x, t_int)
-        out = denoiser(x, spaced.model_t(t))
-        out, v = out if isinstance(out, tuple) else (out, None)
+    for i, t in enumerate(range(spaced.T, 0, -1)):
+        out, v = _predict(denoiser, spaced, x, t, prediction, clip)
         x0_hat = spaced.split(out, x, t, prediction)[0] if callback is not None else None
         mu = spaced.reverse_mean(out, x, t, prediction)  # Ho et al. eq. 11 (eps) or mu_tilde(x0_hat, x_t)
-        if t_int > 1:
-            std = (spaced.reverse_variance(t, x, variance).sqrt() if v is None
-                   else (0.5 * learned(t, v)).exp().to(x.dtype))
+        if t > 1:
+            std = (math.sqrt(spaced.reverse_variance(t, x, variance)) if v is None
+                   else (0.5 * learned(_steps(x, t), v)).exp().to(x.dtype))
             x = mu + std * _noise(x, generator)
         else:
             x = mu
         if callback is not None:
-            callback({"i": i, "t": int(spaced.timesteps[t_int - 1]), "x": x, "x0_hat": x0_hat})
+            callback({"i": i, "t": spaced.model_t(t), "x": x, "x0_hat": x0_hat})
     return x
 
 
 def ddim(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, eta: float = 0.0,
          generator: torch.Generator | None = None, callback=None, spacing: str = "leading",
-         prediction: str = "eps") -> torch.Tensor:
+         prediction: str = "eps", clip: bool = False) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) on the `steps` steps tau = step_grid(T, steps, spacing), stochasticity eta.
 
     eta = 0 is deterministic; eta = 1 with all steps is DDPM with beta_tilde.
@@ -102,26 +114,25 @@ def ddim(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, 
         raise ValueError(f"eta must be >= 0, got {eta}")
     _check(prediction, spacing)
     spaced = process.respace(step_grid(process.T, steps, spacing))
+    alpha_bars, alpha_bars_prev = spaced.alpha_bars.tolist(), spaced.alpha_bars_prev.tolist()  # float64
     x = x_T
-    for i, t_int in enumerate(range(spaced.T, 0, -1)):
-        t = _steps(x, t_int)
+    for i, t in enumerate(range(spaced.T, 0, -1)):
         # 1. Predicted x0 and eps ("predicted x_0" of eq. 12), exact from any prediction kind.
-        x0_hat, eps = spaced.split(denoiser(x, spaced.model_t(t)), x, t, prediction)
-        ab = spaced.coef("alpha_bars", t, x)
-        ab_prev = spaced.coef("alpha_bars_prev", t, x)
+        x0_hat, eps = spaced.split(_predict(denoiser, spaced, x, t, prediction, clip)[0], x, t, prediction)
+        ab, ab_prev = alpha_bars[t - 1], alpha_bars_prev[t - 1]
         # 2. sigma_tau(eta), eq. 16.
-        sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
+        sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
         # 3. Direction pointing to x_t, then the random part.
-        x = ab_prev.sqrt() * x0_hat + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-        if eta > 0 and t_int > 1:
+        x = math.sqrt(ab_prev) * x0_hat + math.sqrt(max(1 - ab_prev - sigma ** 2, 0.0)) * eps
+        if eta > 0 and t > 1:
             x = x + sigma * _noise(x, generator)
         if callback is not None:
-            callback({"i": i, "t": int(spaced.timesteps[t_int - 1]), "x": x, "x0_hat": x0_hat})
+            callback({"i": i, "t": spaced.model_t(t), "x": x, "x0_hat": x0_hat})
     return x
 
 
 def ode(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, method: str = "euler",
-        callback=None, spacing: str = "leading", prediction: str = "eps") -> torch.Tensor:
+        callback=None, spacing: str = "leading", prediction: str = "eps", clip: bool = False) -> torch.Tensor:
     """Probability-flow ODE in DDIM's variables (Song et al. 2021, eq. 14), Euler or Heun steps.
 
     With y = x/sqrt(alpha_bar) and sigma = sqrt((1 - alpha_bar)/alpha_bar) the ODE is
@@ -140,22 +151,22 @@ def ode(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, steps: int, m
     _check(prediction, spacing)
     spaced = process.respace(step_grid(process.T, steps, spacing))
     ab = spaced.alpha_bars  # float64 (S,)
-    sigmas = torch.cat([torch.zeros(1, dtype=torch.float64), ((1 - ab) / ab).sqrt()])  # sigmas[j]: step j
-    scales = torch.cat([torch.ones(1, dtype=torch.float64), ab.sqrt()])  # sqrt(alpha_bar) at step j
+    sigmas = [0.0] + ((1 - ab) / ab).sqrt().tolist()  # sigmas[j]: step j
+    scales = [1.0] + ab.sqrt().tolist()  # sqrt(alpha_bar) at step j
     x = x_T
     for i, j in enumerate(range(spaced.T, 0, -1)):
-        t = _steps(x, j)
-        x0_hat, d_cur = spaced.split(denoiser(x, spaced.model_t(t)), x, t, prediction)
+        x0_hat, d_cur = spaced.split(_predict(denoiser, spaced, x, j, prediction, clip)[0], x, j, prediction)
         # Euler step.
-        y_next = x0_hat + float(sigmas[j - 1]) * d_cur
+        y_next = x0_hat + sigmas[j - 1] * d_cur
         if method == "heun" and 1 < j < spaced.T:
             # Apply 2nd order correction.
-            t_next, x_next = _steps(x, j - 1), y_next * float(scales[j - 1])
-            d_next = spaced.split(denoiser(x_next, spaced.model_t(t_next)), x_next, t_next, prediction)[1]
-            y_next = x / float(scales[j]) + float(sigmas[j - 1] - sigmas[j]) * 0.5 * (d_cur + d_next)
-        x = y_next * float(scales[j - 1])
+            x_next = y_next * scales[j - 1]
+            out = _predict(denoiser, spaced, x_next, j - 1, prediction, clip)[0]
+            d_next = spaced.split(out, x_next, j - 1, prediction)[1]
+            y_next = x / scales[j] + (sigmas[j - 1] - sigmas[j]) * 0.5 * (d_cur + d_next)
+        x = y_next * scales[j - 1]
         if callback is not None:
-            callback({"i": i, "t": int(spaced.timesteps[j - 1]), "x": x, "x0_hat": x0_hat})
+            callback({"i": i, "t": spaced.model_t(j), "x": x, "x0_hat": x0_hat})
     return x
 
 
