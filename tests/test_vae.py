@@ -100,12 +100,13 @@ def test_iwae_converges_to_the_likelihood_by_quadrature():
     truth by nats, a true property of IWAE). Where no sample lands outside R = mu_q +- 6 sd_q (all k
     samples inside with probability 1 - 1e-5), the estimate is that of p_R = int_R p(x, z) dz, and the
     delta method gives its mean -log p_R + V/(2k) and standard error sqrt(V/k), V = E_q[w^2 | R]/p_R^2 - 1,
-    both by quadrature. Checked where that error is below 0.05 nats (the CLT regime; 9-24 of 32 examples
-    at training seeds 0-6, largest |z| 2.6 of ~110). The -ELBO is checked the same way, on every
-    example. The test passes at training seeds 0-9.
+    both by quadrature. Checked where that error is below 0.05 nats (the CLT regime). The trained VAE
+    depends on the CPU's float reductions: on an AVX-512 host 32 examples left 1 such example at training
+    seed 0 (9-24 elsewhere), so it takes 128 (9-76 of them at seeds 0-9 there). The -ELBO is checked
+    the same way, on every example. The test passes at training seeds 0-9.
     """
     model, _ = _train(Config(arch="mlp", latent_dim=1, hidden=64), steps_epochs=80, rows=False)
-    x = _strokes(32, seed=3, rows=False)
+    x = _strokes(128, seed=3, rows=False)
     z = torch.linspace(-9, 9, 6001, dtype=torch.float64)
     dz = float(z[1] - z[0])
     with torch.no_grad():
@@ -131,7 +132,11 @@ def test_iwae_converges_to_the_likelihood_by_quadrature():
     assert int(clt.sum()) >= 6, se  # enough examples for the check below to have power
     mean = -log_pR + V / (2 * k)
     assert ((iwae - mean).abs() < 5 * se + 1e-3)[clt].all(), ((iwae - mean) / se)[clt]
-    assert (-exact - log_pR < 1e-3)[clt].all()  # there R holds all of p(x, z): IWAE -> -log p(x)
+    # Where R also holds all of p(x, z) (p_R = p(x)), that is IWAE -> -log p(x). An example whose posterior
+    # has a second mode outside R, which q does not sample at this k, keeps -log p_R (one at seed 2).
+    whole = clt & (-exact - log_pR < 1e-3)
+    assert int(whole.sum()) >= 6, (-exact - log_pR)[clt]
+    assert ((iwae - exact).abs() < 5 * se + 2e-3)[whole].all(), ((iwae - exact) / se)[whole]
     # -ELBO = -E_q log p(x | z) (200 draws) + KL(q || N(0, 1)) (closed form): its mean and standard error
     # by quadrature under q, and its mean exceeds -log p(x) by KL(q || posterior) > 0.
     q = torch.softmax(log_q, 1)  # q(z | x) on the grid, normalised there
