@@ -37,8 +37,10 @@ def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[to
 
 def _draw(fn, shape, generator, device, **kw) -> torch.Tensor:
     # Drawn on the generator's device, then moved: a seeded CPU generator gives the same numbers on any device.
-    where = generator.device if generator is not None else device
-    return fn(tuple(shape), generator=generator, device=where, **kw).to(device)
+    # Host noise for a CUDA tensor goes through pinned memory, so the copy does not wait for the GPU.
+    where = generator.device if generator is not None else torch.device(device)
+    to_cuda = where.type == "cpu" and torch.device(device).type == "cuda"
+    return fn(tuple(shape), generator=generator, device=where, pin_memory=to_cuda, **kw).to(device, non_blocking=to_cuda)
 
 
 def randn(shape, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
