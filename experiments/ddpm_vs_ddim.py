@@ -17,7 +17,8 @@ from experiments._shared import MicroUnetRun, loss_figure, sampler_presets, trai
 from experiments.plotting import grid_figure, markdown_table, plt
 from experiments.registry import RunContext, experiment
 from zoo.common.config import check
-from zoo.evaluation import device_of, draw, quality, real_floor
+from zoo.common.utils import module_device
+from zoo.evaluation import draw, quality, real_floor
 from zoo.gaussian.schedules import SPACINGS
 from zoo.report import Report, Result, figure, verdict
 
@@ -108,7 +109,7 @@ def run(cfg: DdpmVsDdimConfig, ctx: RunContext) -> Result:
         for name, (kind, steps, spacing, kw) in runs.items():
             # DDPM's per-step noise from a generator on the model's device: a CPU one would draw 1000 x n
             # images of noise on the host inside the timed loop, and wait for the GPU at every step.
-            gen = torch.Generator(device=device_of(m)).manual_seed(ctx.seed + 2)
+            gen = torch.Generator(device=module_device(m)).manual_seed(ctx.seed + 2)
             out = draw(m, n, cfg.eval.sample_chunk, gen, x_T=x_T, **kw)
             x, tv = unit_and_tv(out.x)
             if kind == "DDPM" or steps == cfg.compare_steps:

@@ -23,7 +23,8 @@ from zoo.binary.absorbing_model import Config as AbsorbingConfig
 from zoo.binary.model import Config as BinaryConfig
 from zoo.common.data import load_dataset, to_unit
 from zoo.common.trainer import TrainConfig
-from zoo.evaluation import EvalConfig, device_of, draw, quality
+from zoo.common.utils import module_device
+from zoo.evaluation import EvalConfig, draw, quality
 from zoo.formulations import module
 from zoo.gaussian.model import Config
 from zoo.report import Report, Result, figure, verdict
@@ -129,7 +130,7 @@ def sweep(model, data: str, ws, ev: EvalConfig, seed: int) -> tuple[list[dict], 
     labels = torch.arange(ev.n_samples) % 10  # (N,) 0, 1, ..., 9 in turn: rows of the grid
     rows, samples, nfe = [], {}, 0
     for w in ws:
-        gen = torch.Generator(device=device_of(model)).manual_seed(seed + 1)  # the same x_T for every w
+        gen = torch.Generator(device=module_device(model)).manual_seed(seed + 1)  # the same x_T for every w
         out = draw(model, ev.n_samples, ev.sample_chunk, gen, w=w, labels=labels)
         rows.append({"w": w, **quality(out.x, data, ev.n_ref, labels=labels), "sample_seconds": out.seconds})
         samples[w], nfe = out.x, out.nfe

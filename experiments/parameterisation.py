@@ -30,7 +30,8 @@ from zoo.common.config import check
 from zoo.common.data import load_dataset, to_unit
 from zoo.common.nets import ARCHITECTURES
 from zoo.common.trainer import TrainConfig
-from zoo.evaluation import EvalConfig, device_of, draw, quality, real_floor
+from zoo.common.utils import module_device
+from zoo.evaluation import EvalConfig, draw, quality, real_floor
 from zoo.gaussian.model import Config, GaussianDiffusion
 from zoo.report import Report, Result, figure, verdict
 from zoo.runs import epoch_curve
@@ -96,7 +97,7 @@ def _train_and_score(cfg: ParameterisationConfig, ctx: RunContext, x: torch.Tens
         r.update(rho0=model.rho0.item(), rho1=model.rho1.item())
     shown = None
     if trainer.error is None:  # the same noise for every model of a seed
-        gen = torch.Generator(device=device_of(model)).manual_seed(seed + 1)  # on the GPU too: no host noise per step
+        gen = torch.Generator(device=module_device(model)).manual_seed(seed + 1)  # on the GPU too: no host noise per step
         out = draw(model, cfg.eval.n_samples, cfg.eval.sample_chunk, gen)
         r.update(quality(out.x, cfg.model.data, cfg.eval.n_ref), sample_seconds=out.seconds)
         shown = to_unit(out.x[:64], cfg.model.data)

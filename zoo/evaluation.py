@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from zoo.common.config import check
 from zoo.common.data import is_binary, is_image, load_dataset, protocol, to_unit
 from zoo.common.metrics import agreement, floor_and_ceiling, nats_to_bpd, sample_metrics, sliced_wasserstein
+from zoo.common.utils import module_device
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,6 @@ class EvalConfig:
         check(self.n_ref >= 2, f"eval.n_ref must be >= 2, got {self.n_ref}")
         check(self.n_test is None or self.n_test >= 0, f"eval.n_test must be None or >= 0, got {self.n_test}")
         check(self.nll_chunk >= 1, f"eval.nll_chunk must be >= 1, got {self.nll_chunk}")
-
-
-def device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 class NFECounter:
@@ -131,7 +128,7 @@ def draw(model: nn.Module, n: int, chunk: int = 500, generator: torch.Generator 
          x_T: torch.Tensor | None = None, progress: bool | None = None, **kw) -> Samples:
     """n samples through ``model.sample``, `chunk` at a time (slices of `x_T` where given), timed and
     counted; `progress` the bar's rule (``Progress``)."""
-    device, outs = device_of(model), []
+    device, outs = module_device(model), []
     with Progress(model, f"sampling {n}", n, progress) as counter:
         _sync(device)
         t0 = time.perf_counter()
@@ -173,7 +170,7 @@ def likelihood(model: nn.Module, test: tuple[torch.Tensor, ...], chunk: int = 25
     """(summary, per-example tensors) of ``nll`` (nats, and bits/dim for images) over `test`, and with
     `terms` the -ELBO (``elbo_terms``: its total and the mean of every part) where defined;
     `progress` the bar's rule (``Progress``)."""
-    device, n = device_of(model), len(test[0])
+    device, n = module_device(model), len(test[0])
     batches = [tuple(d[i:i + chunk].to(device) for d in test) for i in range(0, n, chunk)]
     per: dict[str, torch.Tensor] = {}
     summary: dict[str, Any] = {"n_test": n}
@@ -220,7 +217,7 @@ def real_floor(dataset: str, n: int, n_ref: int = 1000, ceiling: bool = False, s
 def evaluate(model: nn.Module, dataset: str, cfg: EvalConfig = EvalConfig(), seed: int = 0,
              sample_kw: dict[str, Any] | None = None, num_classes: int = 0) -> dict[str, Any]:
     """Likelihood on test data (where the model defines nll), sample quality, NFE and seconds."""
-    device = device_of(model)
+    device = module_device(model)
     result: dict[str, Any] = {}
     if hasattr(model, "nll") and cfg.n_test != 0:
         test = load_dataset(dataset, "test", limit=cfg.n_test, seed=seed)
@@ -281,7 +278,7 @@ def likelihoods(model: nn.Module, dataset: str, test: tuple[torch.Tensor, ...], 
     """Each of `bounds(model, dataset)` over `test`: mean nats and standard error, bits/dim for images
     (nats / (D ln 2)), the mean of every per-example term, and the seconds it took. Each kind draws
     from its own generator seeded by `seed`; `progress` the bar's rule (``Progress``)."""
-    device = device_of(model)
+    device = module_device(model)
     batches = [tuple(d[i:i + chunk].to(device) for d in test) for i in range(0, len(test[0]), chunk)]
     out = {}
     for kind, fn in bounds(model, dataset, ode_steps).items():
