@@ -53,7 +53,9 @@ def table() -> str:
         source = quick if (quick / "metrics.json").exists() else paper
         crit = (json.loads((source / "metrics.json").read_text()).get("verdict") or {}).get("criterion", "") \
             if (source / "metrics.json").exists() else ""
-        lines.append(f"| {exp.name} | {cell(quick)} | {cell(paper)} | {crit.replace('|', '/')} |")
+        same = exp.presets["paper"] == exp.presets["quick"] and not (paper / "metrics.json").exists()
+        paper_cell = "the quick preset is the paper budget" if same else cell(paper)
+        lines.append(f"| {exp.name} | {cell(quick)} | {paper_cell} | {crit.replace('|', '/')} |")
     return "\n".join(lines)
 
 
