@@ -38,8 +38,8 @@ def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[to
 def _draw(fn, shape, generator, device, **kw) -> torch.Tensor:
     # Drawn on the generator's device, then moved: a seeded CPU generator gives the same numbers on any device.
     # Host noise for a CUDA tensor goes through pinned memory, so the copy does not wait for the GPU.
-    where = generator.device if generator is not None else torch.device(device)
-    to_cuda = where.type == "cpu" and torch.device(device).type == "cuda"
+    where = generator.device if generator is not None else device
+    to_cuda = generator is not None and where.type == "cpu" and device is not None and torch.device(device).type == "cuda"
     return fn(tuple(shape), generator=generator, device=where, pin_memory=to_cuda, **kw).to(device, non_blocking=to_cuda)
 
 
