@@ -4,8 +4,10 @@ A tensor created on the CPU inside a code path (``torch.zeros(n)`` without ``dev
 coefficient table never moved, a batch that was not placed on the model's device) meets the
 model's meta tensors and raises "Tensor on device meta is not on the expected device cpu",
 exactly as it would meet CUDA tensors on a GPU. A seeded CPU generator handed to a draw on
-another device is what CUDA refuses too; `StrictGenerators` makes the CPU refuse it. The meta
-device has no data, so these tests check placement only; the numbers are checked elsewhere.
+another device is what CUDA refuses too; `StrictGenerators` makes the CPU refuse it. A host value
+turned into a device tensor (``torch.as_tensor(t, device=x.device)`` for an int step) works on any
+device but waits for the GPU at every call; `NoHostCopies` refuses it. The meta device has no
+data, so these tests check placement only; the numbers are checked elsewhere.
 """
 
 from __future__ import annotations
@@ -31,6 +33,20 @@ class StrictGenerators(TorchFunctionMode):
                 device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
             if torch.device(device).type != gen.device.type:
                 raise RuntimeError(f"{getattr(func, '__name__', func)}: a {gen.device} generator for a draw on {device}")
+        return func(*args, **kwargs)
+
+
+class NoHostCopies(TorchFunctionMode):
+    """Raise on torch.tensor / torch.as_tensor of host data for another device: on CUDA that copies from
+    pageable memory and waits for the GPU, a host sync per call (per step, inside a loop)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        device = kwargs.get("device")
+        if func in (torch.tensor, torch.as_tensor) and device is not None and torch.device(device).type != "cpu":
+            data = args[0] if args else kwargs.get("data")
+            if not (isinstance(data, torch.Tensor) and data.device.type != "cpu"):
+                raise RuntimeError(f"{func.__name__} copies host data to {device} (a sync on CUDA); fill it there")
         return func(*args, **kwargs)
 
 
@@ -79,7 +95,7 @@ def _batch(shape, overrides, device):
                          ids=lambda v: v if isinstance(v, str) else "")
 def test_loss_sample_and_nll_stay_on_the_model_device(name, overrides, shape, samplers):
     model = _meta_model(name, overrides)
-    with StrictGenerators():
+    with StrictGenerators(), NoHostCopies():
         # Inputs from the caller may sit on the CPU (as a test set or an x_T drawn with a seeded CPU
         # generator does): every entry point places them on the model's device.
         for device in ("cpu", META):
@@ -108,6 +124,11 @@ def test_the_checks_themselves_catch_mixing():
         _ = table[:4].unsqueeze(1).expand_as(x) * x
     with StrictGenerators(), pytest.raises(RuntimeError, match="generator"):
         torch.rand(3, generator=torch.Generator(), device=META)
+    with NoHostCopies(), pytest.raises(RuntimeError, match="host data"):
+        torch.as_tensor(5, device=META)
+    with NoHostCopies():  # on the device already, or filled there: allowed
+        torch.as_tensor(torch.zeros(2, device=META), device=META)
+        torch.full((2,), 5, device=META)
 
 
 @pytest.mark.parametrize("name, overrides, shape, samplers", CASES, ids=lambda v: v if isinstance(v, str) else "")

@@ -54,7 +54,10 @@ AlphaFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _steps(t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
-    """t as a long tensor of shape (B,) on x's device (an int or 0-d tensor is broadcast)."""
+    """t as a long tensor of shape (B,) on x's device (an int or 0-d tensor is broadcast). An int is
+    filled on the device: torch.as_tensor(int, device=cuda) copies from the host and waits for the GPU."""
+    if isinstance(t, int):
+        return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
     t = torch.as_tensor(t, device=x.device).long()
     return t.expand(x.shape[0]) if t.ndim == 0 else t
 

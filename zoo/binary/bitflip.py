@@ -37,7 +37,10 @@ def kappas(deltas: torch.Tensor) -> torch.Tensor:
 
 
 def _steps(t: torch.Tensor | int, y: torch.Tensor) -> torch.Tensor:
-    """t as a long tensor of shape (B,) on y's device (an int or 0-d tensor is broadcast)."""
+    """t as a long tensor of shape (B,) on y's device (an int or 0-d tensor is broadcast). An int is
+    filled on the device: torch.as_tensor(int, device=cuda) copies from the host and waits for the GPU."""
+    if isinstance(t, int):
+        return torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
     t = torch.as_tensor(t, device=y.device).long()
     return t.expand(y.shape[0]) if t.ndim == 0 else t
 
