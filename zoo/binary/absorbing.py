@@ -44,22 +44,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from zoo.common.utils import append_dims, rand, randint
+from zoo.common.utils import append_dims, rand, randint, step_tensor
 
 MASK = 0.0
 STATES = (-1.0, MASK, 1.0)  # order of the last axis of three-state probabilities: value = index - 1
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 AlphaFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _steps(t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
-    """t as a long tensor of shape (B,) on x's device (an int or 0-d tensor is broadcast). An int is
-    filled on the device: torch.as_tensor(int, device=cuda) copies from the host and waits for the GPU."""
-    if isinstance(t, int):
-        return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-    t = torch.as_tensor(t, device=x.device).long()
-    return t.expand(x.shape[0]) if t.ndim == 0 else t
 
 
 def _per_example(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +71,7 @@ def mask_with(x0: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator 
 def q_sample(x0: torch.Tensor, t: torch.Tensor | int, alphas: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw x_t ~ q(x_t | x_0): each pixel kept with probability alpha_t, else M (SPEC 11)."""
-    return mask_with(x0, alphas.to(x0.device)[_steps(t, x0)], generator)
+    return mask_with(x0, alphas.to(x0.device)[step_tensor(t, x0)], generator)
 
 
 def unmask_prob(alpha_s: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
@@ -91,8 +82,8 @@ def unmask_prob(alpha_s: torch.Tensor, alpha_t: torch.Tensor) -> torch.Tensor:
 def _jump(x_t: torch.Tensor, t: torch.Tensor | int, alphas: torch.Tensor,
           s: torch.Tensor | int | None) -> torch.Tensor:
     """unmask_prob(alpha_s, alpha_t) per example, broadcast to x_t (s defaults to t - 1)."""
-    t = _steps(t, x_t)
-    s = t - 1 if s is None else _steps(s, x_t)
+    t = step_tensor(t, x_t)
+    s = t - 1 if s is None else step_tensor(s, x_t)
     a = alphas.to(device=x_t.device, dtype=torch.float64)
     return append_dims(unmask_prob(a[s], a[t]), x_t.ndim)  # (B, 1, ..., 1)
 

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from zoo.common.utils import append_dims, rand, randint
+from zoo.common.utils import append_dims, rand, randint, step_tensor
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -36,18 +36,9 @@ def kappas(deltas: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones(1, dtype=torch.float64, device=d.device), torch.cumprod(1 - 2 * d, 0)])
 
 
-def _steps(t: torch.Tensor | int, y: torch.Tensor) -> torch.Tensor:
-    """t as a long tensor of shape (B,) on y's device (an int or 0-d tensor is broadcast). An int is
-    filled on the device: torch.as_tensor(int, device=cuda) copies from the host and waits for the GPU."""
-    if isinstance(t, int):
-        return torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
-    t = torch.as_tensor(t, device=y.device).long()
-    return t.expand(y.shape[0]) if t.ndim == 0 else t
-
-
 def q_plus(y0: torch.Tensor, t: torch.Tensor | int, deltas: torch.Tensor) -> torch.Tensor:
     """P(Y_t = +1 | Y_0) = (1 + Y_0 kappa_t)/2, elementwise, float64 (SPEC 2, closed form)."""
-    kappa_t = kappas(deltas.to(y0.device))[_steps(t, y0)]  # (B,)
+    kappa_t = kappas(deltas.to(y0.device))[step_tensor(t, y0)]  # (B,)
     return (1 + y0.double() * append_dims(kappa_t, y0.ndim)) / 2
 
 
@@ -66,7 +57,7 @@ def posterior_plus(y_t: torch.Tensor, y0: torch.Tensor, t: torch.Tensor | int,
     Bayes with the prior rho = (1 + Y_0 kappa_{t-1})/2 and one flip of probability delta_t;
     at t = 1 the target is the hard label (1 + Y_0)/2.
     """
-    t = _steps(t, y_t)
+    t = step_tensor(t, y_t)
     deltas = deltas.to(device=y_t.device, dtype=torch.float64)
     kappa_prev = append_dims(kappas(deltas)[t - 1], y_t.ndim)  # (B, 1, ..., 1)
     delta = append_dims(deltas[t - 1], y_t.ndim)

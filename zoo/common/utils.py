@@ -30,6 +30,15 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu") if tensor is None else tensor.device
 
 
+def step_tensor(t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
+    """Step(s) t as a long tensor of shape (B,) on x's device (a 0-d tensor is broadcast). An int is filled
+    on the device: torch.as_tensor(int, device=cuda) copies from the host and waits for the GPU."""
+    if isinstance(t, int):
+        return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    t = torch.as_tensor(t, device=x.device).long()
+    return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+
 def to_device(batch: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
     """Every tensor of a batch on `device` (a no-op for those already there)."""
     return tuple(b.to(device) for b in batch)

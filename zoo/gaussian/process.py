@@ -68,34 +68,33 @@ class VPProcess:
             "elbo_eps_weight": betas / (2 * self.alphas * (1 - ab)),
             "timesteps": self.timesteps,
         }
-        self._on_device: dict[torch.device, dict[str, torch.Tensor]] = {}
-        self._cast: dict[tuple[torch.device, torch.dtype, str], torch.Tensor] = {}  # tables in x's dtype
-        self._floats: dict[tuple[torch.dtype, str], list] = {}  # ... as Python numbers, for an int t
+        self._on_device: dict[tuple[torch.device, torch.dtype | None, str], torch.Tensor] = {}
+        self._numbers: dict[tuple[torch.dtype, str], list] = {}  # tables as Python numbers, for an int t
 
     # ------------------------------------------------------------------ coefficients
 
-    def table(self, name: str, device: torch.device | str) -> torch.Tensor:
-        """The named coefficient table on `device`, moved there once and cached."""
-        device = torch.device(device)
-        cache = self._on_device.setdefault(device, {})
-        if name not in cache:
-            cache[name] = self.tables[name].to(device)
-        return cache[name]
+    def table(self, name: str, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The named coefficient table on `device` (cast to `dtype`, default its own), made there once and cached."""
+        key = (torch.device(device), dtype, name)
+        if key not in self._on_device:
+            self._on_device[key] = self.tables[name].to(device=device, dtype=dtype)
+        return self._on_device[key]
+
+    def numbers(self, name: str, dtype: torch.dtype) -> list:
+        """The named table cast to `dtype`, as a list of Python numbers (cached): what an int t reads."""
+        key = (dtype, name)
+        if key not in self._numbers:
+            self._numbers[key] = self.tables[name].to(dtype).tolist()
+        return self._numbers[key]
 
     def coef(self, name: str, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor | float:
         """table[t - 1] in x's dtype: on t's device and broadcastable against x, (B, 1, ...), for a
         tensor t; a Python float holding that dtype's value for an int t (one step for the batch)."""
         if isinstance(t, int):
             self._check_step(t)
-            key = (x.dtype, name)
-            if key not in self._floats:
-                self._floats[key] = self.tables[name].to(x.dtype).tolist()
-            return self._floats[key][t - 1]
-        key = (t.device, x.dtype, name)
-        if key not in self._cast:  # cast once: selecting then casting gives the same values
-            self._cast[key] = self.tables[name].to(device=t.device, dtype=x.dtype)
-        # index_select: plain advanced indexing is orders of magnitude slower on CPU.
-        return append_dims(self._cast[key].index_select(0, t.long() - 1), x.ndim)  # (B, 1, ...)
+            return self.numbers(name, x.dtype)[t - 1]
+        # Cast once, then select (the same values); index_select: advanced indexing is far slower on CPU.
+        return append_dims(self.table(name, t.device, x.dtype).index_select(0, t.long() - 1), x.ndim)  # (B, 1, ...)
 
     def _check_step(self, t: int) -> None:
         if not 1 <= t <= self.T:
@@ -120,7 +119,7 @@ class VPProcess:
         """The original step of each step `t` of this (possibly respaced) process: (B,) long, or an int."""
         if isinstance(t, int):
             self._check_step(t)
-            return self._floats.setdefault((torch.long, "timesteps"), self.timesteps.tolist())[t - 1]
+            return self.numbers("timesteps", torch.long)[t - 1]
         return self.table("timesteps", t.device).index_select(0, t.long() - 1)
 
     # ------------------------------------------------------------------ forward process

@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from zoo.common.utils import randn
+from zoo.common.utils import randn, step_tensor
 from zoo.gaussian.learned_variance import LearnedLogVariance
 from zoo.gaussian.process import PREDICTIONS, REVERSE_VARIANCES, VPProcess
 from zoo.gaussian.schedules import SPACINGS, ScheduleError, step_grid
@@ -49,10 +49,6 @@ class CountingDenoiser:
         return self.denoiser(x_t, t)
 
 
-def _steps(x: torch.Tensor, t: int) -> torch.Tensor:
-    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (B,)
-
-
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Standard normal noise like x, drawn on the generator's device (a CPU generator works for CUDA x)."""
     return randn(x.shape, generator, x.device, x.dtype)
@@ -60,7 +56,7 @@ def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
 
 def _predict(denoiser: Denoiser, process: VPProcess, x: torch.Tensor, t: int, prediction: str, clip: bool):
     """(prediction, learned variance output or None) of the denoiser at step t of `process`, clipped if asked."""
-    out = denoiser(x, _steps(x, process.model_t(t)))
+    out = denoiser(x, step_tensor(process.model_t(t), x))
     out, v = out if isinstance(out, tuple) else (out, None)
     return (process.clip_x0(out, x, t, prediction) if clip else out), v
 
@@ -94,7 +90,7 @@ def ddpm(denoiser: Denoiser, process: VPProcess, x_T: torch.Tensor, variance: st
         mu = spaced.reverse_mean(out, x, t, prediction)  # Ho et al. eq. 11 (eps) or mu_tilde(x0_hat, x_t)
         if t > 1:
             std = (math.sqrt(spaced.reverse_variance(t, x, variance)) if v is None
-                   else (0.5 * learned(_steps(x, t), v)).exp().to(x.dtype))
+                   else (0.5 * learned(step_tensor(t, x), v)).exp().to(x.dtype))
             x = mu + std * _noise(x, generator)
         else:
             x = mu
