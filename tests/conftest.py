@@ -50,6 +50,12 @@ def _seed():
 # processes torch's default thread pool spins and slows small ops by orders of magnitude.
 torch.set_num_threads(1)
 
+# The `zoo` command's host memory policy (zoo/common/allocator.py: freed tensor memory stays mapped for
+# reuse), so the suite runs as the command does; ZOO_MALLOC=system keeps glibc's defaults.
+from zoo.common.allocator import apply_policy  # noqa: E402
+
+apply_policy()
+
 
 @pytest.fixture(params=["cpu", "cuda"])
 def device(request):

@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     apply_policy_if_torch_not_loaded()  # threads from the machine's load, before torch starts its pool
     _Debug.enabled = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
+        from zoo.common.allocator import apply_policy as keep_freed_memory
+
+        keep_freed_memory()  # glibc keeps freed tensor memory mapped for reuse (ZOO_MALLOC=system: its defaults)
         cli.main(args=argv, prog_name="zoo", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)

@@ -196,3 +196,33 @@ def bench_threads(steps: int, timeout: float, json_path) -> None:
     click.echo(f"zoo's policy (zoo/common/threads.py): {rows[0]['policy_threads']} thread(s) alone, "
                f"{rows[-1]['policy_threads']} beside one busy job")
     _write_json(json_path, rows)
+
+
+@bench_cmd.command("allocator")
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Rounds per setting, the two settings alternating; the best round of each.")
+@click.option("--timeout", type=click.FloatRange(min=10), default=300.0, show_default=True,
+              help="Seconds a single measurement may take.")
+@click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
+def bench_allocator(repeats: int, timeout: float, json_path) -> None:
+    """The host memory policy (zoo/common/allocator.py) against glibc's defaults, each in a fresh process:
+    the demo's U-Net forward (batch 256, 1024) and training step (batch 32); measure on an idle machine."""
+    from zoo.bench.allocator import allocator_policies
+
+    click.echo(f"{'workload':18s} {'glibc defaults':>28s} {'zoo policy (keep)':>28s} {'speed-up':>9s}")
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return f"{'failed or over the timeout':>28s}"
+        return f"{r['images_per_s']:7.0f} img/s {r['minor_faults_per_call']:8.0f} flt".rjust(28)
+
+    def show(row: dict) -> None:
+        speed = f"{row['speedup']:.2f}x" if row["speedup"] else "-"
+        click.echo(f"{row['workload'] + ' batch ' + str(row['batch_size']):18s} {cell(row['system'])} "
+                   f"{cell(row['keep'])} {speed:>9s}")
+
+    rows = allocator_policies(repeats=repeats, timeout=timeout, on_row=show)
+    peaks = [(r["system"]["peak_rss_mb"], r["keep"]["peak_rss_mb"]) for r in rows if r["system"] and r["keep"]]
+    click.echo("flt: minor page faults per call; peak resident MB (defaults / policy): "
+               + ", ".join(f"{a:.0f} / {b:.0f}" for a, b in peaks))
+    _write_json(json_path, rows)
