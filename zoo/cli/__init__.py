@@ -27,8 +27,18 @@ class _Debug:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def cli(debug: bool) -> None:
-    """The diffusion zoo: diffusion formulations side by side on MNIST."""
+    """The diffusion zoo: diffusion formulations side by side on MNIST.
+
+    \b
+    Environment:
+      ZOO_DATA         the MNIST cache (default ~/.cache/zoo)
+      OMP_NUM_THREADS  torch's CPU threads (default: the cores other work leaves free)
+      ZOO_MALLOC       keep (default: freed tensor memory stays mapped for reuse) or system (glibc's defaults)
+    """
     _Debug.enabled = debug
+    from zoo.common.allocator import apply_policy as keep_freed_memory
+
+    keep_freed_memory()  # glibc keeps freed tensor memory mapped for reuse (ZOO_MALLOC=system: its defaults)
 
 
 @cli.command("list")
@@ -257,9 +267,6 @@ def main(argv: list[str] | None = None) -> None:
     apply_policy_if_torch_not_loaded()  # threads from the machine's load, before torch starts its pool
     _Debug.enabled = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
-        from zoo.common.allocator import apply_policy as keep_freed_memory
-
-        keep_freed_memory()  # glibc keeps freed tensor memory mapped for reuse (ZOO_MALLOC=system: its defaults)
         cli.main(args=argv, prog_name="zoo", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
