@@ -25,33 +25,35 @@ def test_user_choice_is_respected():
         allocator.user_choice({"ZOO_MALLOC": "jemalloc"})
 
 
-def _faults(mode: str) -> dict:
-    """A fresh process: the policy (under ZOO_MALLOC=`mode`), then a 64 MiB tensor written and freed
-    30 times (warm-up) and 20 times more; the minor page faults per tensor of those 20."""
-    code = ("import json, resource, torch; from zoo.common.allocator import apply_policy; applied = apply_policy()\n"
-            "for _ in range(30): torch.ones(1 << 24)\n"
-            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-            "for _ in range(20): torch.ones(1 << 24)\n"
-            "print(json.dumps({'applied': applied, "
-            "'faults': (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 20}))")
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") and k.endswith("_"))}
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "ZOO_MALLOC": mode}, capture_output=True,
-                         text=True, timeout=120, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.skipif(not GLIBC, reason="the policy sets glibc's mallopt")
-def test_the_policy_stops_the_page_faults_of_reallocation():
+def test_the_policy_stops_the_page_faults_of_reallocation(monkeypatch):
     """A 64 MiB tensor (16384 pages of 4 KiB) is above glibc's largest default mmap threshold, so by
     default every allocation maps fresh pages and faults on each one it writes; under the policy
-    the freed block is reused from the heap and faults on none. (The warm-up: torch's 64-byte aligned
-    allocation asks for a little more than the block just freed, so the heap grows for the first
-    few rounds, until freed blocks have merged; measured, at most 9 rounds.)"""
-    system, keep = _faults("system"), _faults("keep")
-    assert system["applied"] == {} and keep["applied"] == allocator.POLICY
+    the freed block is reused from the heap and faults on none. One fresh process measures both:
+    glibc's defaults first, then the policy. (The warm-up: torch's 64-byte aligned allocation asks
+    for a little more than the block just freed, so the heap grows for the first few rounds, until
+    freed blocks have merged; measured, at most 9 rounds.)"""
+    code = ("import json, resource, torch\n"
+            "def faults(warm_up):\n"
+            "    for _ in range(warm_up): torch.ones(1 << 24)\n"
+            "    r0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    for _ in range(8): torch.ones(1 << 24)\n"
+            "    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - r0) / 8\n"
+            "system = faults(1)\n"
+            "from zoo.common.allocator import apply_policy; applied = apply_policy()\n"
+            "print(json.dumps({'system': system, 'applied': applied, 'keep': faults(16)}))")
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") and k.endswith("_"))}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "ZOO_MALLOC": "keep"}, capture_output=True,
+                         text=True, timeout=120, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
     pages = (1 << 24) * 4 // 4096
-    assert system["faults"] > pages / 2  # at least half the pages fault (all of them, without huge pages)
-    assert keep["faults"] < pages / 100
+    assert r["applied"] == allocator.POLICY
+    assert r["system"] > pages / 2  # at least half the pages fault (all of them, without huge pages)
+    assert r["keep"] < pages / 100
+    # ZOO_MALLOC=system: nothing is set
+    monkeypatch.setattr(allocator._State, "applied", None)
+    monkeypatch.setenv("ZOO_MALLOC", "system")
+    assert allocator.apply_policy() == {} and allocator.apply_policy() == {}
 
 
 def test_the_cli_applies_the_policy_once_and_reports_a_bad_mode(monkeypatch, capsys):
