@@ -12,11 +12,12 @@ and the process's peak resident memory.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
+
+from zoo.common.allocator import without_malloc_variables
 
 WORKLOADS = ("forward", "train")
 DEMO_CHANNELS = (8, 16)
@@ -66,8 +67,7 @@ def _child(mode: str, workload: str, batch_size: int, calls: int, timeout: float
     code = ("import json, sys; from zoo.common.allocator import apply_policy; applied = apply_policy(); "
             "from zoo.bench.allocator import measure; "
             f"r = measure({workload!r}, {batch_size}, {calls}); r['applied'] = applied; print(json.dumps(r))")
-    env = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") and k.endswith("_"))}
-    env["ZOO_MALLOC"] = mode
+    env = {**without_malloc_variables(), "ZOO_MALLOC": mode}
     try:
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

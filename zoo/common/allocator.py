@@ -18,9 +18,11 @@ Freed memory is reused, not returned (CUDA's caching allocator does the same for
 resident size stays at its high-water mark instead of shrinking between steps. That mark can be
 higher than glibc's: for the first few calls torch's 64-byte aligned allocations ask for a little
 more than a block just freed, so the heap grows by an activation or two before freed blocks merge
-(up to a third more peak memory measured for one U-Net; -3% to +5% over whole experiments). Only glibc is touched (elsewhere nothing happens), and
-nothing is changed where the user chose: ``ZOO_MALLOC=system`` keeps the C library's defaults, as does
-any ``MALLOC_*_`` variable or a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``.
+(up to a third more peak memory measured for one U-Net; -3% to +5% over whole experiments).
+
+Only glibc is touched (elsewhere nothing happens), and nothing is changed where the user chose:
+``ZOO_MALLOC=system`` keeps the C library's defaults, as does any ``MALLOC_*_`` variable or a
+``glibc.malloc`` tunable in ``GLIBC_TUNABLES``.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ import os
 
 from zoo.common.config import ConfigError
 
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's <malloc.h>
 POLICY = {"M_MMAP_THRESHOLD": 1 << 30, "M_TRIM_THRESHOLD": -1, "M_TOP_PAD": 64 << 20}
-_PARAMS = {"M_MMAP_THRESHOLD": M_MMAP_THRESHOLD, "M_TRIM_THRESHOLD": M_TRIM_THRESHOLD, "M_TOP_PAD": M_TOP_PAD}
+_PARAM = {"M_TRIM_THRESHOLD": -1, "M_TOP_PAD": -2, "M_MMAP_THRESHOLD": -3}  # mallopt's numbers, glibc's <malloc.h>
 MODES = ("keep", "system")  # ZOO_MALLOC: keep (the policy, the default) | system (the C library's defaults)
 
 
@@ -50,6 +51,18 @@ def _glibc():
         return None
 
 
+def _is_malloc_variable(name: str) -> bool:
+    """glibc's own malloc variables: MALLOC_TOP_PAD_, MALLOC_MMAP_THRESHOLD_, ..."""
+    return name.startswith("MALLOC_") and name.endswith("_")
+
+
+def without_malloc_variables(environ=None) -> dict[str, str]:
+    """A copy of the environment without glibc's malloc variables (for a child that must decide by
+    ZOO_MALLOC alone)."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if not _is_malloc_variable(k)}
+
+
 def user_choice(environ=None) -> str | None:
     """Why the policy must not apply (the user chose the allocator's settings), or None."""
     environ = os.environ if environ is None else environ
@@ -58,7 +71,7 @@ def user_choice(environ=None) -> str | None:
         raise ConfigError(f"ZOO_MALLOC must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "system":
         return "ZOO_MALLOC=system"
-    chosen = sorted(k for k in environ if k.startswith("MALLOC_") and k.endswith("_"))
+    chosen = sorted(k for k in environ if _is_malloc_variable(k))
     if chosen:
         return f"{chosen[0]} is set"
     if "glibc.malloc" in environ.get("GLIBC_TUNABLES", ""):
@@ -75,7 +88,7 @@ def apply_policy(environ=None) -> dict[str, int]:
     applied = {}
     if libc is not None:
         for name, value in POLICY.items():
-            if libc.mallopt(ctypes.c_int(_PARAMS[name]), ctypes.c_int(value)) == 1:
+            if libc.mallopt(ctypes.c_int(_PARAM[name]), ctypes.c_int(value)) == 1:
                 applied[name] = value
     _State.applied = applied
     return applied
