@@ -28,7 +28,7 @@ def test_cli_lists_every_variant():
     from zoo import bench
     from zoo.cli import bench as cli_bench
 
-    assert cli_bench.UNET_VARIANTS == bench.UNET_VARIANTS
+    assert cli_bench.UNET_VARIANTS == bench.UNET_VARIANTS and cli_bench.CUDA_ONLY == bench.CUDA_ONLY
 
 
 def test_bench_unet_unknown_variant(capsys):
@@ -37,6 +37,54 @@ def test_bench_unet_unknown_variant(capsys):
     with pytest.raises(SystemExit) as e:
         main(["bench", "unet", "--variants", "eager,turbo"])
     assert e.value.code == 2 and "compile-bf16" in capsys.readouterr().err
+
+
+def test_cuda_only_variants_on_the_cpu(capsys):
+    """The whole-step CUDA graph is CUDA's: asked for on the CPU it is a one-line usage error before any
+    measurement, and the CPU's default variant list leaves it out."""
+    from zoo.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "unet", "--variants", "eager,cuda-graph", "--channels", "8,16", "--no-peer"])
+    err = capsys.readouterr()
+    assert e.value.code == 2 and "cuda-graph needs --device cuda" in err.err and err.out == ""
+    assert "cuda-graph on CUDA only" in " ".join(run_zoo(capsys, "bench", "unet", "--help").split())
+
+
+def test_graphed_step_trains_as_the_eager_step(device):
+    """`graphed` (the cuda-graph variant): three eager warm-up steps, then replays of the captured
+    forward/backward/Adam, give the weights of as many eager steps; a replay that accumulated gradients
+    instead of overwriting them, or froze Adam's step count, would not. On the CPU it refuses."""
+    from zoo.bench import graphed
+    from zoo.common.config import UsageError
+
+    x = torch.linspace(-1, 1, 64, device=device).reshape(16, 4)
+    target = torch.sin(3 * x) @ torch.ones(4, 2, device=device)
+    weights = []
+    for use_graph in (False, True):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.SiLU(), torch.nn.Linear(16, 2)).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=0.05, capturable=device.type == "cuda")
+
+        def step():
+            ((net(x) - target) ** 2).mean().backward()
+            opt.step()
+
+        if use_graph and device.type != "cuda":
+            with pytest.raises(UsageError, match="needs --device cuda"):
+                graphed(step, opt, device)
+            return
+        if use_graph:
+            replay = graphed(step, opt, device, warmup=3)
+            for _ in range(5):
+                replay()
+        else:
+            for _ in range(8):
+                opt.zero_grad(set_to_none=True)
+                step()
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]).cpu())
+    moved = (weights[0] - weights[1]).abs().max()
+    assert moved < 1e-5, moved
 
 
 def test_bench_sampling_rows(capsys, tmp_path):

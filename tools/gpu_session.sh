@@ -42,9 +42,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 # 1. Benchmarks, alone on the card (each capped; a cap hit leaves a partial log, never a hang).
 bench() { local name=$1 cap=$2; shift 2; say "bench $name (cap ${cap} s)"
   timeout "$cap" $ZOO bench "$@" > "$R/bench/$name.txt" 2>&1; say "bench $name rc=$?"; tail -n 12 "$R/bench/$name.txt" >> "$LOG"; }
-bench unet-small 150 unet --device $DEV --channels $SMALL --batch-size $BS --variants eager,channels-last,compile,compile-graphs \
-  --json "$R/bench/unet-small.json"
-bench unet-big 35 unet --device $DEV --channels $BIG --batch-size $BS --variants eager,eager-bf16 \
+# Rows print as they are measured: the whole-step CUDA graph (seconds to capture) before the two compiles.
+if [ -n "${DRY:-}" ]; then GRAPH=; else GRAPH=cuda-graph,; fi
+bench unet-small 150 unet --device $DEV --channels $SMALL --batch-size $BS \
+  --variants eager,channels-last,${GRAPH}compile-graphs,compile --json "$R/bench/unet-small.json"
+bench unet-big 45 unet --device $DEV --channels $BIG --batch-size $BS --variants eager,eager-bf16,${GRAPH%,} \
   --json "$R/bench/unet-big.json"
 bench sampling 75 sampling --device $DEV --channels $SMALL --T $T --ddim-steps $DS --batch-size $SB --repeats 1 \
   --compile-mode reduce-overhead --json "$R/bench/sampling.json"

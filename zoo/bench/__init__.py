@@ -9,8 +9,8 @@ from zoo.bench.allocator import allocator_policies
 from zoo.bench.overhead import sampler_overhead, sampler_step_ops, trainer_overhead
 from zoo.bench.step_profile import PROFILE_CATEGORIES, _category, profile_step
 from zoo.bench.threads import thread_policies
-from zoo.bench.unet import COMPILE_MODES, UNET_VARIANTS, sampler_variants, unet_training
+from zoo.bench.unet import COMPILE_MODES, CUDA_ONLY, UNET_VARIANTS, graphed, sampler_variants, unet_training
 
-__all__ = ["COMPILE_MODES", "allocator_policies", "PROFILE_CATEGORIES", "UNET_VARIANTS", "profile_step", "sampler_overhead",
-           "sampler_step_ops", "sampler_variants", "thread_policies", "trainer_overhead", "unet_training",
-           "_category"]
+__all__ = ["COMPILE_MODES", "CUDA_ONLY", "PROFILE_CATEGORIES", "UNET_VARIANTS", "_category", "allocator_policies",
+           "graphed", "profile_step", "sampler_overhead", "sampler_step_ops", "sampler_variants", "thread_policies",
+           "trainer_overhead", "unet_training"]

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
 from torch import nn
 
-from zoo.bench.timing import best_time, param_count, zoo_unet
+from zoo.bench.timing import best_time, param_count, sync, zoo_unet
 from zoo.common.config import UsageError
 from zoo.common.trainer import fused_optimiser
 
 # compile-graphs: torch.compile(mode="reduce-overhead"), CUDA graphs for the forward and backward (the
 # host's per-kernel launch cost is what bounds the paper U-Nets on one H100); the same as compile on a CPU.
-UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs")
+# cuda-graph: the whole eager step (forward, backward, capturable fused Adam) captured once with
+# torch.cuda.graph and replayed, channels_last as the Trainer's CUDA default: no compile time, one launch
+# per step; CUDA only.
+UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs", "cuda-graph")
+CUDA_ONLY = ("cuda-graph",)
 COMPILE_MODES = {"compile": "default", "compile-bf16": "default", "compile-graphs": "reduce-overhead"}
 
 
@@ -38,29 +43,81 @@ class _PeerLoss(nn.Module):
         return {"loss": ((self.net(x_t, t).sample - eps) ** 2).mean()}
 
 
+def check_variants(variants, device: str) -> None:
+    """UsageError unless every variant is known and runs on `device`."""
+    unknown = [v for v in variants if v not in UNET_VARIANTS]
+    if unknown:
+        raise UsageError(f"unknown variants {unknown}; choose from {', '.join(UNET_VARIANTS)}")
+    cuda_only = [v for v in variants if v in CUDA_ONLY]
+    if cuda_only and torch.device(device).type != "cuda":
+        raise UsageError(f"variant {cuda_only[0]} needs --device cuda")
+
+
+def graphed(step, optimizer: torch.optim.Optimizer, device: torch.device, warmup: int = 3):
+    """`step()` (forward, backward, optimiser step; no zero_grad) captured as one CUDA graph: returns the
+    graph's replay, which runs the same kernels on the same (static) tensors with one launch.
+
+    `warmup` eager steps run first on a side stream (cuDNN's algorithm search, the autograd engine's
+    accumulators, the optimiser's state), as torch.cuda.graph requires; they are real training steps.
+    Gradients are set to None before the capture, so the captured backward writes them into the graph's
+    own memory and every replay overwrites rather than accumulates them. The optimiser must be
+    capturable (its step count lives on the device); random draws inside `step` use the default CUDA
+    generator, which the graph advances on every replay.
+    """
+    if device.type != "cuda":
+        raise UsageError("a CUDA graph needs --device cuda")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: int, repeats: int,
-               bf16: bool = False, compile_mode: str | None = None, channels_last: bool = False) -> dict:
+               bf16: bool = False, compile_mode: str | None = None, channels_last: bool = False,
+               cuda_graph: bool = False) -> dict:
     """Training images/s of one fwd/bwd/Adam step of `model.loss` (best of `repeats` timed blocks of
-    `steps` steps, after a warm-up that includes any compilation), and the peak memory on CUDA."""
+    `steps` steps, after a warm-up that includes any compilation or graph capture), and the peak memory
+    on CUDA."""
     from zoo.common.trainer import _LossModule
 
     if channels_last:
         model.to(memory_format=torch.channels_last)
     step_fn = torch.compile(_LossModule(model), mode=compile_mode) if compile_mode else _LossModule(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_optimiser(device))
+    fused = fused_optimiser(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused, **({"capturable": True} if cuda_graph else {}))
     x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
 
-    def one() -> None:
+    def fwd_bwd_adam() -> None:
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = step_fn((x,))["loss"]
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    def one() -> None:
+        opt.zero_grad(set_to_none=True)
+        fwd_bwd_adam()
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    warmup_s = 3 * best_time(one, device, repeats=1, n_calls=3, warmup=False)  # cuDNN tuning, allocator, compile
-    best = steps * best_time(one, device, repeats, n_calls=steps, warmup=False)
+    step = one
+    if cuda_graph:  # the warm-up: three eager steps, the capture and one replay
+        sync(device)
+        t0 = time.perf_counter()
+        step = graphed(fwd_bwd_adam, opt, device)
+        step()
+        sync(device)
+        warmup_s = time.perf_counter() - t0
+    else:
+        warmup_s = 3 * best_time(step, device, repeats=1, n_calls=3, warmup=False)  # cuDNN tuning, allocator, compile
+    best = steps * best_time(step, device, repeats, n_calls=steps, warmup=False)
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else float("nan")
     return {"img_per_s": steps * batch_size / best, "steps_per_s": steps / best, "warmup_s": warmup_s,
             "peak_mib": peak}
@@ -71,9 +128,7 @@ def unet_training(channels=(32, 64, 128), batch_size: int = 128, steps: int = 30
     """Training throughput of the paper U-Net under each speed option, and of diffusers' UNet2DModel
     at the same widths (if diffusers is installed; `pip install .[bench]`) with the same loss.
     `on_row(row)` sees each row as soon as it is measured (`vs_eager`: against the first row)."""
-    unknown = [v for v in variants if v not in UNET_VARIANTS]
-    if unknown:  # before anything is measured
-        raise UsageError(f"unknown variants {unknown}; choose from {', '.join(UNET_VARIANTS)}")
+    check_variants(variants, device)  # before anything is measured
     dev = torch.device(device)
     rows = []
 
@@ -88,7 +143,8 @@ def unet_training(channels=(32, 64, 128), batch_size: int = 128, steps: int = 30
         torch.manual_seed(0)
         model = zoo_unet(channels, dev)
         res = _step_rate(model, dev, batch_size, steps, repeats, bf16=name.endswith("bf16"),
-                         compile_mode=COMPILE_MODES.get(name), channels_last=name == "channels-last")
+                         compile_mode=COMPILE_MODES.get(name), channels_last=name in ("channels-last", "cuda-graph"),
+                         cuda_graph=name == "cuda-graph")
         add({"net": "zoo UNet", "variant": name, "params": param_count(model.net), **res})
     if peer:
         try:

@@ -12,8 +12,10 @@ import click
 
 from zoo.cli.common import check_device
 
-# zoo.bench.UNET_VARIANTS, spelled out so that `zoo --help` does not import torch (tests/test_bench.py).
-UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs")
+# zoo.bench.UNET_VARIANTS and CUDA_ONLY, spelled out so that `zoo --help` does not import torch
+# (tests/test_bench.py).
+UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs", "cuda-graph")
+CUDA_ONLY = ("cuda-graph",)
 
 
 @click.group("bench")
@@ -96,17 +98,23 @@ def _unet_step_options(steps: int, steps_help: str):
 
 @bench_cmd.command("unet")
 @_unet_step_options(30, "Steps per timed block.")
-@click.option("--variants", default=",".join(UNET_VARIANTS), show_default=True,
-              help="Comma-separated speed options to measure.")
+@click.option("--variants", default=None,
+              help=f"Comma-separated speed options to measure, of {','.join(UNET_VARIANTS)} "
+                   f"(default: all; {','.join(CUDA_ONLY)} on CUDA only).")
 @click.option("--no-peer", is_flag=True, help="Skip diffusers' UNet2DModel (measured when diffusers is installed).")
 @click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
 def bench_unet(channels, batch_size, steps, device, repeats, variants, no_peer, json_path) -> None:
     """Training img/s of the Gaussian U-Net step under each speed option (eager, bf16, channels_last,
     torch.compile) and of diffusers' UNet2DModel at the same widths, as ratios to eager fp32."""
     from zoo.bench import unet_training
+    from zoo.bench.unet import check_variants
 
     check_device(device)
-    names = tuple(v for v in variants.split(",") if v)  # checked by unet_training before it measures
+    if variants is None:
+        names = tuple(v for v in UNET_VARIANTS if device == "cuda" or v not in CUDA_ONLY)
+    else:
+        names = tuple(v for v in variants.split(",") if v)
+    check_variants(names, device)  # before the table's header
     click.echo(f"{'net':22s} {'variant':14s} {'params':>9s} {'img/s':>9s} {'x eager':>8s} {'warm-up s':>9s} {'peak MiB':>9s}")
 
     def show(r: dict) -> None:
