@@ -106,31 +106,36 @@ class RunContext:
         return path.name
 
 
-def _bind_run(cfg: Any, device: str, seed: int) -> Any:
-    """The config tree with every TrainConfig on the run's device and seed."""
+def _bind_run(cfg: Any, device: str, seed: int, cuda_graph: bool = False) -> Any:
+    """The config tree with every TrainConfig on the run's device and seed (and, with `cuda_graph`,
+    each training step captured as a CUDA graph)."""
     if isinstance(cfg, TrainConfig):
-        return dataclasses.replace(cfg, device=device, seed=seed)
+        return dataclasses.replace(cfg, device=device, seed=seed, **({"cuda_graph": True} if cuda_graph else {}))
     if not dataclasses.is_dataclass(cfg):
         return cfg
-    changes = {f.name: _bind_run(getattr(cfg, f.name), device, seed) for f in dataclasses.fields(cfg)
+    changes = {f.name: _bind_run(getattr(cfg, f.name), device, seed, cuda_graph) for f in dataclasses.fields(cfg)
                if dataclasses.is_dataclass(getattr(cfg, f.name))}
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
 def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None = None,
                    device: str = "cpu", seed: int = 0, overrides: typing.Sequence[str] = (),
-                   config: dict[str, Any] | None = None, resume: bool = False) -> dict[str, Any]:
+                   config: dict[str, Any] | None = None, resume: bool = False,
+                   cuda_graph: bool = False) -> dict[str, Any]:
     """Resolve the config, prepare the run directory, run the experiment; returns its metrics.
 
     `resume`: continue an interrupted run in `out_dir`, each model from its TAG.ckpt where one exists
-    (a finished model is not trained again); its config.json must hold the same config and seed."""
+    (a finished model is not trained again); its config.json must hold the same config and seed.
+    `cuda_graph`: train.cuda_graph for every model (CUDA only; zoo/common/trainer.py)."""
     exp = get(name)
     if preset not in exp.presets:
         raise UsageError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     cfg = exp.presets[preset]
     if config is not None:
         cfg = config_from_dict(cfg, config)
-    cfg = _bind_run(apply_overrides(cfg, overrides), device, seed)
+    # Bound before the overrides as well, so a field checked against the device (train.cuda_graph) sees
+    # the run's device; bound after them, so an override cannot move one model off it.
+    cfg = _bind_run(apply_overrides(_bind_run(cfg, device, seed, cuda_graph), overrides), device, seed, cuda_graph)
     if out_dir is not None and not str(out_dir).strip():
         raise UsageError("--out '' is empty; give a directory, e.g. --out runs/mine")
     out = Path(out_dir) if out_dir is not None else Path("runs") / name

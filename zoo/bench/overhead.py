@@ -44,9 +44,10 @@ def _bare(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, dev
     return steps / (time.perf_counter() - t0)
 
 
-def _trainer(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: str) -> float:
+def _trainer(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: str,
+             cuda_graph: bool = False) -> float:
     cfg = TrainConfig(epochs=1, max_steps=steps, batch_size=batch_size, lr=1e-3, grad_clip=None,
-                      ema_decay=0.0, device=device, progress=False, log_every=50, val_every=0)
+                      ema_decay=0.0, device=device, progress=False, log_every=50, val_every=0, cuda_graph=cuda_graph)
     trainer = Trainer(model, (data,), cfg)  # no out_dir: nothing written
     t0 = time.perf_counter()
     trainer.fit()
@@ -56,21 +57,29 @@ def _trainer(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, 
 
 
 def trainer_overhead(steps: int = 60, batch_size: int = 64, device: str = "cpu", repeats: int = 3) -> dict:
-    """Best-of-`repeats` steps/s of the Trainer and of a bare loop, interleaved, and their ratio."""
+    """Best-of-`repeats` steps/s of the Trainer and of a bare loop, interleaved, and their ratio; on CUDA
+    also the Trainer with train.cuda_graph (its steps/s include the three eager warm-up steps and the
+    capture) against the same bare loop."""
     torch.manual_seed(0)
     dev = torch.device(device)
     data = torch.rand(steps * batch_size, 1, 28, 28) * 2 - 1
-    bare, trained = [], []
+    bare, trained, graphed = [], [], []
     for r in range(repeats + 1):  # the first round warms up caches and is discarded
         torch.manual_seed(r)
         b = _bare(_Denoise().to(dev), data, steps, batch_size, dev)
         torch.manual_seed(r)
         t = _trainer(_Denoise(), data, steps, batch_size, device)
+        torch.manual_seed(r)
+        g = _trainer(_Denoise(), data, steps, batch_size, device, cuda_graph=True) if dev.type == "cuda" else None
         if r > 0:
             bare.append(b)
             trained.append(t)
-    return {"bare_steps_per_s": max(bare), "trainer_steps_per_s": max(trained),
-            "ratio": max(trained) / max(bare), "steps": steps, "batch_size": batch_size, "device": device}
+            graphed.append(g)
+    res = {"bare_steps_per_s": max(bare), "trainer_steps_per_s": max(trained),
+           "ratio": max(trained) / max(bare), "steps": steps, "batch_size": batch_size, "device": device}
+    if dev.type == "cuda":
+        res.update(graph_steps_per_s=max(graphed), graph_ratio=max(graphed) / max(bare))
+    return res
 
 
 @torch.no_grad()

@@ -66,7 +66,10 @@ def list_cmd() -> None:
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in --out: each model from its checkpoint there, finished ones "
                    "not trained again (same experiment, config and seed).")
-def run_cmd(name, preset, out_dir, device, seed, overrides, config_path, resume) -> None:
+@click.option("--cuda-graph", is_flag=True,
+              help="Capture each model's training step as one CUDA graph after three eager steps "
+                   "(train.cuda_graph for every model; --device cuda, Adam).")
+def run_cmd(name, preset, out_dir, device, seed, overrides, config_path, resume, cuda_graph) -> None:
     """Run the experiment NAME and write its run directory (config, metrics, figures, report)."""
     from experiments.registry import load_json, run_experiment
 
@@ -76,7 +79,7 @@ def run_cmd(name, preset, out_dir, device, seed, overrides, config_path, resume)
         saved = load_json(config_path)
         preset, seed, config = saved.get("preset", preset), saved.get("seed", seed), saved.get("config")
     metrics = run_experiment(name, preset=preset, out_dir=out_dir, device=device, seed=seed,
-                             overrides=overrides, config=config, resume=resume)
+                             overrides=overrides, config=config, resume=resume, cuda_graph=cuda_graph)
     out = out_dir or f"runs/{name}"
     click.echo(f"{name} ({preset}) finished in {metrics['seconds']:.1f} s; report: {out}/report.md")
 

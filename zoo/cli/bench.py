@@ -37,6 +37,9 @@ def bench_trainer(steps: int, batch_size: int, device: str, repeats: int) -> Non
     click.echo(f"bare loop : {res['bare_steps_per_s']:.2f} steps/s")
     click.echo(f"Trainer   : {res['trainer_steps_per_s']:.2f} steps/s")
     click.echo(f"ratio     : {res['ratio']:.3f} (Trainer / bare, best of {repeats}; target >= 0.98)")
+    if "graph_ratio" in res:
+        click.echo(f"Trainer, train.cuda_graph : {res['graph_steps_per_s']:.2f} steps/s, "
+                   f"{res['graph_ratio']:.3f} x the bare loop (warm-up and capture included)")
 
 
 @bench_cmd.command("sampler")

@@ -41,6 +41,11 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast, on CUDA only
     compile: bool = False  # torch.compile the loss (network and objective together)
     channels_last: bool | None = None  # NHWC conv weights; None: on CUDA, off on CPU
+    # The step (forward, NaN guard, backward, clipping, Adam) captured once as a CUDA graph after three
+    # eager steps and replayed: one launch per step instead of thousands (the paper U-Nets are
+    # launch-bound, docs/benchmarks.md). CUDA, adam/adamw, one process; loss() must then be a function
+    # of the batch, the weights, the buffers and the default RNG (Python inside it runs at the capture).
+    cuda_graph: bool = False
     seed: int = 0
     log_every: int = 50  # steps between log.jsonl step lines
     val_every: int = 1  # epochs between validations (0: never)
@@ -67,6 +72,11 @@ class TrainConfig:
         check(self.log_every >= 1, f"train.log_every must be >= 1, got {self.log_every}")
         check(self.val_every >= 0, f"train.val_every must be >= 0, got {self.val_every}")
         check(self.ckpt_every >= 0, f"train.ckpt_every must be >= 0, got {self.ckpt_every}")
+        check(not self.cuda_graph or self.optimizer in ("adam", "adamw"),
+              f"train.cuda_graph needs train.optimizer adam or adamw (a capturable one), got {self.optimizer!r}")
+        check(not (self.cuda_graph and self.compile),
+              "train.cuda_graph and train.compile exclude each other (compile's own CUDA graphs: zoo bench unet)")
+        check(not self.cuda_graph or self.device != "cpu", "train.cuda_graph needs a CUDA device (--device cuda)")
         check(self.channels_last in (None, True, False),
               f"train.channels_last must be None (CUDA only), true or false, got {self.channels_last!r}")
 
@@ -94,9 +104,12 @@ def fused_optimiser(device: torch.device) -> bool | None:
     return True if device.type == "cuda" else None
 
 
+# capturable (adam, adamw): the step count on the device, as a CUDA graph needs (train.cuda_graph).
 OPTIMIZERS: dict[str, Callable] = {
-    "adam": lambda groups, c, fused: torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused),
-    "adamw": lambda groups, c, fused: torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused),
+    "adam": lambda groups, c, fused: torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused,
+                                                      capturable=c.cuda_graph),
+    "adamw": lambda groups, c, fused: torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused,
+                                                        capturable=c.cuda_graph),
     "sgd": lambda groups, c, fused: torch.optim.SGD(groups, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay,
                                                     fused=fused),
 }

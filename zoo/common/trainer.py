@@ -13,6 +13,9 @@ autocast on GPU, seeding, the tqdm bar, ``log.jsonl``, validation, atomic checkp
 resume (the data order of epoch e is a permutation drawn from ``seed + e``, so a checkpoint only
 needs the epoch, the batch index inside it and the RNG states). Under ``torchrun`` the same loop
 runs with DistributedDataParallel, each rank taking every world-th example of the permutation.
+With ``train.cuda_graph`` (CUDA, one process) the step's device work is captured once as a CUDA
+graph after three eager steps and replayed (``_GraphedStep``); loss() must then depend only on the
+batch, the weights, the buffers and the default RNG, as Python inside it runs at the capture only.
 
 Its parts live beside it and are re-exported here: TrainConfig, the optimisers and the LR schedule
 in train_config.py, the EMA in ema.py, the checkpoint format, loader and run lock in checkpoint.py.
@@ -40,6 +43,7 @@ from tqdm.auto import tqdm
 from zoo import ZooError
 from zoo.common.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_KEYS, RESUME_KEYS, CheckpointError, RunDirBusy,
                                    RunLock, check_same_model, load_checkpoint, remove_stale_temps)
+from zoo.common.config import ConfigError
 from zoo.common.ema import EMA, SwapWeights
 from zoo.common.train_config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, fused_optimiser, lr_factor
 from zoo.common.utils import atomic_write_bytes, resolve_device, rng_state, seed_everything, set_rng_state
@@ -82,7 +86,11 @@ class Trainer:
         self.transform = transform
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = resolve_device(cfg.device)
+        if cfg.cuda_graph and self.device.type != "cuda":  # e.g. train.device=auto on a machine without a GPU
+            raise ConfigError(f"train.cuda_graph needs a CUDA device, and this run is on {self.device.type}")
         self.world, self.rank = _init_distributed(self.device)
+        if cfg.cuda_graph and self.world > 1:
+            raise ConfigError("train.cuda_graph runs in one process, not under torchrun (DDP)")
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         seed_everything(cfg.seed + self.rank)
@@ -98,6 +106,8 @@ class Trainer:
         self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, fused_optimiser(self.device))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.schedule_steps(self.steps_per_epoch)))
+        self._lr_tensors: list[torch.Tensor] | None = None
+        self._lrs_on_device()
         self.ema = EMA(self.model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.step = 0  # optimiser steps taken
         self.wrapped = _LossModule(self.model)
@@ -112,6 +122,7 @@ class Trainer:
         # read at log and checkpoint boundaries only, so a step never waits for the host.
         self._first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         self._step_on_device = torch.zeros((), dtype=torch.long, device=self.device)
+        self._graph: _GraphedStep | None = None  # train.cuda_graph: captured at the first steps of fit()
 
     # ------------------------------------------------------------------ paths and logging
 
@@ -158,7 +169,9 @@ class Trainer:
 
     def _autocast(self):
         enabled = self.cfg.amp and self.device.type == "cuda"
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        # A CUDA graph replays the captured casts: autocast's weight-cast cache would hold stale copies.
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled,
+                              cache_enabled=not self.cfg.cuda_graph)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train until `total_steps`, resuming from `self.step`; returns the log records."""
@@ -185,7 +198,7 @@ class Trainer:
                     self.check_finite()
                     logged = {k: float(v) for k, v in out.items()}
                     self._log({"kind": "step", "step": self.step, "epoch": epoch,
-                               "lr": self.scheduler.get_last_lr()[0], **logged})
+                               "lr": float(self.scheduler.get_last_lr()[0]), **logged})
                     bar.set_postfix(loss=f"{logged['loss']:.4g}")
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                     self.check_finite()
@@ -205,22 +218,49 @@ class Trainer:
         return self.history
 
     def _train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        if self.cfg.cuda_graph:
+            if self._graph is None:
+                self._graph = _GraphedStep(self)
+            out = self._graph(batch)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self._update(batch)
+        self.scheduler.step()  # on the host
+        self._lrs_on_device()  # train.cuda_graph: the new lrs into the tensors the graph reads
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+
+    def _update(self, batch: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+        """Forward, NaN guard, backward, clipping and the optimiser step: device work only, no host sync
+        and no tensor created outside it, so that train.cuda_graph can capture it as it is."""
         with self._autocast():
             out = self.wrapped(batch)
         loss = out["loss"]
         self._step_on_device += 1
         newly_bad = ~torch.isfinite(loss.detach()) & (self._first_bad < 0)
-        self._first_bad = torch.where(newly_bad, self._step_on_device, self._first_bad)
-        self.optimizer.zero_grad(set_to_none=True)
+        self._first_bad.copy_(torch.where(newly_bad, self._step_on_device, self._first_bad))
         loss.backward()
         if self.cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        self.step += 1
-        return {k: v.detach() for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+        return out
+
+    def _lrs_on_device(self) -> None:
+        """train.cuda_graph: each param group's lr held in one float32 tensor on the device, which the
+        captured Adam reads at every replay (a float lr would be frozen into the graph). The LR schedule
+        fills it in place (torch >= 2.6) or sets a float, which is copied into the same tensor here; base
+        lrs (`initial_lr`, the scheduler's) stay floats, so no step waits for the host."""
+        if not self.cfg.cuda_graph:
+            return
+        if self._lr_tensors is None:
+            self._lr_tensors = [torch.tensor(float(g["lr"]), dtype=torch.float32, device=self.device)
+                                for g in self.optimizer.param_groups]
+        for group, held in zip(self.optimizer.param_groups, self._lr_tensors):
+            if group["lr"] is not held:
+                held.fill_(float(group["lr"]))
+                group["lr"] = held
 
     @torch.no_grad()
     def validate(self, data: tuple[torch.Tensor, ...] | None = None) -> dict[str, float]:
@@ -278,13 +318,23 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "ema_updates": self.ema.updates if self.ema is not None else 0,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "train_seconds": self.train_seconds,
             "rng": rng_states[0],
             "rng_ranks": rng_states,
         }
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimiser's state_dict, with train.cuda_graph's device lrs as floats and capturable off, so
+        that any trainer (eager, or on another device) resumes it; resume() makes them tensors again."""
+        state = self.optimizer.state_dict()
+        if self.cfg.cuda_graph:
+            for group in state["param_groups"]:  # state_dict() packs fresh group dicts: the optimiser is untouched
+                group["lr"] = float(group["lr"])
+                group["capturable"] = False
+        return state
 
     def save(self, path: str | Path | None = None) -> Path | None:
         """Write the checkpoint atomically (temp file + rename); only rank 0 writes."""
@@ -327,10 +377,15 @@ class Trainer:
                 # Checkpoints from before the warm-up held no count: the EMA was updated every step.
                 self.ema.load_state_dict(ckpt["ema"], ckpt.get("ema_updates", ckpt["step"]))
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.cfg.cuda_graph:  # the saved groups are portable (see _optimizer_state)
+                for group in self.optimizer.param_groups:
+                    group["capturable"] = True
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{path} does not match this model's configuration ({first})") from None
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self._lrs_on_device()
+        self._graph = None  # the optimiser's state tensors are new: capture again
         self.step = int(ckpt["step"])
         self.train_seconds = float(ckpt.get("train_seconds", 0.0))
         ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
@@ -351,8 +406,11 @@ class Trainer:
         self.scheduler.base_lrs = list(base_lrs)
         for group, base, factor in zip(self.optimizer.param_groups, base_lrs, self.scheduler.lr_lambdas):
             group["initial_lr"] = base
-            group["lr"] = base * factor(self.scheduler.last_epoch)
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(base * factor(self.scheduler.last_epoch))
+            else:
+                group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [float(g["lr"]) for g in self.optimizer.param_groups]
 
     def _cut_log(self) -> None:
         """Drop this tag's log.jsonl lines after the resumed step (they will be written again); the
@@ -373,6 +431,62 @@ class Trainer:
         self.history = mine
         data = "".join(line + "\n" for line in kept).encode()
         atomic_write_bytes(self.out_dir / "log.jsonl", lambda f: f.write(data))
+
+
+class _GraphedStep:
+    """train.cuda_graph: the Trainer's `_update` (forward, NaN guard, backward, clipping, Adam) as one
+    CUDA graph (torch.cuda.graph, "whole network capture" in PyTorch's CUDA graphs notes).
+
+    The first WARMUP calls are ordinary eager steps on a side stream (cuDNN's algorithm search, the
+    autograd accumulators, Adam's state). The next call captures `_update` on static copies of the
+    batch, with the gradients set to None first so that the captured backward writes them into the
+    graph's memory and each replay overwrites them; from then on a call copies the batch into those
+    tensors and replays. What changes between steps lives on the device and is updated in place: the
+    lr tensors (the LR schedule fills them), Adam's step counts (capturable), the NaN guard's flag and
+    step, the default CUDA generator's offset (the graph advances it at each replay). The LR schedule
+    and the EMA stay outside the graph, eager, after each step.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_batch: tuple[torch.Tensor, ...] = ()
+        self.static_out: dict[str, Any] = {}
+
+    def __call__(self, batch: tuple[torch.Tensor, ...]) -> dict[str, Any]:
+        tr = self.trainer
+        self.calls += 1
+        if self.calls <= self.WARMUP:
+            side = torch.cuda.Stream(tr.device)
+            side.wait_stream(torch.cuda.current_stream(tr.device))
+            with torch.cuda.stream(side):
+                tr.optimizer.zero_grad(set_to_none=True)
+                out = tr._update(batch)
+            torch.cuda.current_stream(tr.device).wait_stream(side)
+            return out
+        if self.graph is None:
+            self._capture(batch)
+        for static, b in zip(self.static_batch, batch):
+            static.copy_(b)
+        self.graph.replay()
+        return {k: v.clone() if torch.is_tensor(v) else v for k, v in self.static_out.items()}
+
+    def _capture(self, batch: tuple[torch.Tensor, ...]) -> None:
+        tr = self.trainer
+        self.static_batch = tuple(b.clone() for b in batch)
+        tr.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.static_out = tr._update(self.static_batch)
+        except RuntimeError as e:  # a host sync or an unsupported op inside the loss
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ZooError(f"train.cuda_graph: the training step of {tr.tag} cannot be captured as a CUDA graph "
+                           f"({first}); run it with train.cuda_graph=false") from None
+        self.graph = graph
 
 
 def _resident(data: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
