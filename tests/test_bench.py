@@ -51,26 +51,35 @@ def test_cuda_only_variants_on_the_cpu(capsys):
     assert "cuda-graph on CUDA only" in " ".join(run_zoo(capsys, "bench", "unet", "--help").split())
 
 
-def test_graphed_step_trains_as_the_eager_step(device):
+@pytest.mark.parametrize("where", ["cpu", "cpu-emulated", "cuda"])
+def test_graphed_step_trains_as_the_eager_step(where, monkeypatch):
     """`graphed` (the cuda-graph variant): three eager warm-up steps, then replays of the captured
     forward/backward/Adam, give the weights of as many eager steps; a replay that accumulated gradients
-    instead of overwriting them, or froze Adam's step count, would not. On the CPU it refuses."""
+    instead of overwriting them, or froze Adam's step count, would not. Real graphs on CUDA, the CPU
+    emulation of tests/test_cuda_graph.py on the CPU; without it the CPU refuses."""
+    from tests.cuda_graph_emulation import EmulatedGraphs
     from zoo.bench import graphed
+    from zoo.common import trainer
     from zoo.common.config import UsageError
 
+    if where == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    device = torch.device("cuda" if where == "cuda" else "cpu")
+    if where == "cpu-emulated":
+        monkeypatch.setattr(trainer, "GRAPHS", EmulatedGraphs)
     x = torch.linspace(-1, 1, 64, device=device).reshape(16, 4)
     target = torch.sin(3 * x) @ torch.ones(4, 2, device=device)
     weights = []
     for use_graph in (False, True):
         torch.manual_seed(0)
         net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.SiLU(), torch.nn.Linear(16, 2)).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=0.05, capturable=device.type == "cuda")
+        opt = torch.optim.Adam(net.parameters(), lr=0.05, fused=True, capturable=True)
 
         def step():
             ((net(x) - target) ** 2).mean().backward()
             opt.step()
 
-        if use_graph and device.type != "cuda":
+        if use_graph and where == "cpu":
             with pytest.raises(UsageError, match="needs --device cuda"):
                 graphed(step, opt, device)
             return

@@ -62,22 +62,21 @@ def graphed(step, optimizer: torch.optim.Optimizer, device: torch.device, warmup
     Gradients are set to None before the capture, so the captured backward writes them into the graph's
     own memory and every replay overwrites rather than accumulates them. The optimiser must be
     capturable (its step count lives on the device); random draws inside `step` use the default CUDA
-    generator, which the graph advances on every replay.
+    generator, which the graph advances on every replay. The capture is the Trainer's (`GRAPHS` in
+    zoo/common/trainer.py, which train.cuda_graph uses).
     """
-    if device.type != "cuda":
+    from zoo.common import trainer
+
+    graphs = trainer.GRAPHS
+    if not graphs.supports(device):
         raise UsageError("a CUDA graph needs --device cuda")
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
+    with graphs.side_stream(device):
         for _ in range(warmup):
             optimizer.zero_grad(set_to_none=True)
             step()
-    torch.cuda.current_stream(device).wait_stream(side)
     optimizer.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
+    replay, _ = graphs.capture(step)
+    return replay
 
 
 def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: int, repeats: int,

@@ -86,7 +86,7 @@ class Trainer:
         self.transform = transform
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.device = resolve_device(cfg.device)
-        if cfg.cuda_graph and self.device.type != "cuda":  # e.g. train.device=auto on a machine without a GPU
+        if cfg.cuda_graph and not GRAPHS.supports(self.device):  # e.g. train.device=auto without a GPU
             raise ConfigError(f"train.cuda_graph needs a CUDA device, and this run is on {self.device.type}")
         self.world, self.rank = _init_distributed(self.device)
         if cfg.cuda_graph and self.world > 1:
@@ -103,7 +103,8 @@ class Trainer:
         self.steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch
         self.total_steps = cfg.total_steps(self.steps_per_epoch)
         groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else model.parameters()
-        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, fused_optimiser(self.device))
+        fused = True if cfg.cuda_graph else fused_optimiser(self.device)  # a graph replays the fused Adam
+        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.schedule_steps(self.steps_per_epoch)))
         self._lr_tensors: list[torch.Tensor] | None = None
@@ -376,10 +377,12 @@ class Trainer:
             if self.ema is not None and ckpt["ema"] is not None:
                 # Checkpoints from before the warm-up held no count: the EMA was updated every step.
                 self.ema.load_state_dict(ckpt["ema"], ckpt.get("ema_updates", ckpt["step"]))
+            # The saved groups bring the writer's implementation flags; this trainer keeps its own (a
+            # CUDA run's fused Adam resumed on the CPU, an eager run's groups under train.cuda_graph).
+            flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.cfg.cuda_graph:  # the saved groups are portable (see _optimizer_state)
-                for group in self.optimizer.param_groups:
-                    group["capturable"] = True
+            for group, own in zip(self.optimizer.param_groups, flags):
+                group.update(own)
         except (RuntimeError, ValueError, KeyError) as e:
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{path} does not match this model's configuration ({first})") from None
@@ -433,6 +436,46 @@ class Trainer:
         atomic_write_bytes(self.out_dir / "log.jsonl", lambda f: f.write(data))
 
 
+class CudaGraphs:
+    """How `_GraphedStep` warms up and captures on CUDA: a side stream, and torch.cuda.graph."""
+
+    @staticmethod
+    def supports(device: torch.device) -> bool:
+        return device.type == "cuda"
+
+    @staticmethod
+    def side_stream(device: torch.device):
+        """Context: the eager warm-up steps on their own stream, as torch.cuda.graph requires."""
+        return _SideStream(device)
+
+    @staticmethod
+    def capture(fn: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
+        """(replay, fn's outputs): fn's device work recorded, not run; each replay runs it again on the
+        same tensors."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        return graph.replay, out
+
+
+class _SideStream:
+    def __init__(self, device: torch.device):
+        self.device, self.stream = device, torch.cuda.Stream(device)
+
+    def __enter__(self):
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        self.context = torch.cuda.stream(self.stream)
+        self.context.__enter__()
+
+    def __exit__(self, *exc):
+        self.context.__exit__(*exc)
+        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        return False
+
+
+GRAPHS = CudaGraphs  # tests/test_cuda_graph.py puts an emulation of CUDA graphs on the CPU here
+
+
 class _GraphedStep:
     """train.cuda_graph: the Trainer's `_update` (forward, NaN guard, backward, clipping, Adam) as one
     CUDA graph (torch.cuda.graph, "whole network capture" in PyTorch's CUDA graphs notes).
@@ -442,9 +485,9 @@ class _GraphedStep:
     batch, with the gradients set to None first so that the captured backward writes them into the
     graph's memory and each replay overwrites them; from then on a call copies the batch into those
     tensors and replays. What changes between steps lives on the device and is updated in place: the
-    lr tensors (the LR schedule fills them), Adam's step counts (capturable), the NaN guard's flag and
-    step, the default CUDA generator's offset (the graph advances it at each replay). The LR schedule
-    and the EMA stay outside the graph, eager, after each step.
+    lr tensors (the LR schedule's values are copied in), Adam's step counts (capturable), the NaN
+    guard's flag and step, the default CUDA generator's offset (the graph advances it at each replay).
+    The LR schedule and the EMA stay outside the graph, eager, after each step.
     """
 
     WARMUP = 3
@@ -452,7 +495,7 @@ class _GraphedStep:
     def __init__(self, trainer: "Trainer"):
         self.trainer = trainer
         self.calls = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.replay: Callable[[], None] | None = None
         self.static_batch: tuple[torch.Tensor, ...] = ()
         self.static_out: dict[str, Any] = {}
 
@@ -460,33 +503,26 @@ class _GraphedStep:
         tr = self.trainer
         self.calls += 1
         if self.calls <= self.WARMUP:
-            side = torch.cuda.Stream(tr.device)
-            side.wait_stream(torch.cuda.current_stream(tr.device))
-            with torch.cuda.stream(side):
+            with GRAPHS.side_stream(tr.device):
                 tr.optimizer.zero_grad(set_to_none=True)
-                out = tr._update(batch)
-            torch.cuda.current_stream(tr.device).wait_stream(side)
-            return out
-        if self.graph is None:
+                return tr._update(batch)
+        if self.replay is None:
             self._capture(batch)
         for static, b in zip(self.static_batch, batch):
             static.copy_(b)
-        self.graph.replay()
+        self.replay()
         return {k: v.clone() if torch.is_tensor(v) else v for k, v in self.static_out.items()}
 
     def _capture(self, batch: tuple[torch.Tensor, ...]) -> None:
         tr = self.trainer
         self.static_batch = tuple(b.clone() for b in batch)
         tr.optimizer.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                self.static_out = tr._update(self.static_batch)
+            self.replay, self.static_out = GRAPHS.capture(lambda: tr._update(self.static_batch))
         except RuntimeError as e:  # a host sync or an unsupported op inside the loss
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ZooError(f"train.cuda_graph: the training step of {tr.tag} cannot be captured as a CUDA graph "
                            f"({first}); run it with train.cuda_graph=false") from None
-        self.graph = graph
 
 
 def _resident(data: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
