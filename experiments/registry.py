@@ -106,11 +106,12 @@ class RunContext:
         return path.name
 
 
-def _bind_run(cfg: Any, device: str, seed: int, cuda_graph: bool = False) -> Any:
-    """The config tree with every TrainConfig on the run's device and seed (and, with `cuda_graph`,
-    each training step captured as a CUDA graph)."""
+def _bind_run(cfg: Any, device: str, seed: int, cuda_graph: bool | None = None) -> Any:
+    """The config tree with every TrainConfig on the run's device and seed (and, unless `cuda_graph` is
+    None, its training step captured as a CUDA graph or not: how a run executes, like its device)."""
     if isinstance(cfg, TrainConfig):
-        return dataclasses.replace(cfg, device=device, seed=seed, **({"cuda_graph": True} if cuda_graph else {}))
+        graph = {} if cuda_graph is None else {"cuda_graph": cuda_graph}
+        return dataclasses.replace(cfg, device=device, seed=seed, **graph)
     if not dataclasses.is_dataclass(cfg):
         return cfg
     changes = {f.name: _bind_run(getattr(cfg, f.name), device, seed, cuda_graph) for f in dataclasses.fields(cfg)
@@ -134,8 +135,9 @@ def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None 
     if config is not None:
         cfg = config_from_dict(cfg, config)
     # Bound before the overrides as well, so a field checked against the device (train.cuda_graph) sees
-    # the run's device; bound after them, so an override cannot move one model off it.
-    cfg = _bind_run(apply_overrides(_bind_run(cfg, device, seed, cuda_graph), overrides), device, seed, cuda_graph)
+    # the run's device; bound after them, so an override cannot move one model off it (a --set
+    # train.cuda_graph=true is kept: the second binding leaves that flag alone).
+    cfg = _bind_run(apply_overrides(_bind_run(cfg, device, seed, cuda_graph), overrides), device, seed)
     if out_dir is not None and not str(out_dir).strip():
         raise UsageError("--out '' is empty; give a directory, e.g. --out runs/mine")
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
@@ -185,11 +187,16 @@ def _check_resumable(out: Path, name: str, cfg: Any, seed: int) -> None:
                          f"`--config {saved_path} --resume`, or give another --out")
 
 
+# How a step executes, not what it computes: a run started with --cuda-graph resumes without it and back.
+EXECUTION_ONLY = ("cuda_graph",)
+
+
 def _first_difference(saved: Any, ours: Any, path: str = "") -> str | None:
     """The first setting the saved config holds with another value (None: none). A field the saved
     config lacks was added to the code after that run: it takes its default and does not count."""
     if isinstance(saved, dict) and isinstance(ours, dict):
-        return next((d for k in saved if (d := _first_difference(saved[k], ours.get(k), f"{path}.{k}" if path else k))),
+        keys = [k for k in saved if k not in EXECUTION_ONLY]
+        return next((d for k in keys if (d := _first_difference(saved[k], ours.get(k), f"{path}.{k}" if path else k))),
                     None)
     return None if saved == ours else (path or "config")
 

@@ -64,15 +64,17 @@ class EmulatedGraphs:
         return contextlib.nullcontext()
 
     @staticmethod
-    def capture(fn):
+    def capture(fn, device: torch.device):
         rng = torch.get_rng_state()
         recorder = _Recorder()
-        with recorder:
-            out = fn()
-        with torch.no_grad():  # a capture runs nothing: undo its writes and its random draws
-            for t, before in recorder.saved.values():
-                t.copy_(before)
-        torch.set_rng_state(rng)
+        try:
+            with recorder:
+                out = fn()
+        finally:
+            with torch.no_grad():  # a capture runs nothing, failed or not: undo its writes and random draws
+                for t, before in recorder.saved.values():
+                    t.copy_(before)
+            torch.set_rng_state(rng)
 
         @torch.no_grad()
         def replay():

@@ -81,3 +81,19 @@ def test_resume_ignores_fields_added_since_the_run():
     assert _first_difference(saved, {"train": {"lr": 0.01, "epochs": 6}, "params": ["mean", "eps"], "digits": 10.0}) is None
     assert _first_difference(saved, {"train": {"lr": 0.02, "epochs": 6}, "params": ["mean", "eps"]}) == "train.lr"
     assert _first_difference(saved, {"train": {"lr": 0.01, "epochs": 6}, "params": ["eps"]}) == "params"
+
+
+def test_cuda_graph_is_how_a_run_executes_not_what_it_computes():
+    """A run started with --cuda-graph resumes without it and back (the Trainer's checkpoints are
+    portable between the modes), and a rerun from its config.json takes the command's flag, as it
+    takes the command's device; a --set train.cuda_graph=true survives the run's own binding."""
+    from experiments.registry import _bind_run, _first_difference
+    from experiments.toy2d import Toy2dConfig
+    from zoo.common.trainer import TrainConfig
+
+    saved = {"train": {"lr": 0.01, "cuda_graph": True}}
+    assert _first_difference(saved, {"train": {"lr": 0.01, "cuda_graph": False}}) is None
+    assert _first_difference(saved, {"train": {"lr": 0.02, "cuda_graph": True}}) == "train.lr"
+    graphed = Toy2dConfig(train=TrainConfig(device="cuda", cuda_graph=True))
+    assert _bind_run(graphed, "cpu", 0, False).train.cuda_graph is False  # its config.json rerun on a CPU
+    assert _bind_run(graphed, "cuda", 0).train.cuda_graph is True  # None: left as the config has it

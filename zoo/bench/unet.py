@@ -75,7 +75,7 @@ def graphed(step, optimizer: torch.optim.Optimizer, device: torch.device, warmup
             optimizer.zero_grad(set_to_none=True)
             step()
     optimizer.zero_grad(set_to_none=True)
-    replay, _ = graphs.capture(step)
+    replay, _ = graphs.capture(step, device)
     return replay
 
 

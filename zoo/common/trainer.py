@@ -182,47 +182,50 @@ class Trainer:
                    desc=self.tag, dynamic_ncols=True, leave=False)
         self.model.train()
         self._step_on_device.fill_(self.step)
-        while self.step < self.total_steps:
-            epoch, start = divmod(self.step, spe)
-            perm = self._permutation(epoch)
-            sums: dict[str, torch.Tensor] = {}
-            count, t0 = 0, time.perf_counter()
-            for b in range(start, spe):
-                if self.step >= self.total_steps:
-                    break
-                out = self._train_step(self._batch(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], epoch, b))
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                    self.check_finite()
-                    logged = {k: float(v) for k, v in out.items()}
-                    self._log({"kind": "step", "step": self.step, "epoch": epoch,
-                               "lr": float(self.scheduler.get_last_lr()[0]), **logged})
-                    bar.set_postfix(loss=f"{logged['loss']:.4g}")
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                    self.check_finite()
-                    self.save()
-            self.check_finite()  # never log or save a non-finite state
-            seconds = time.perf_counter() - t0
-            self.train_seconds += seconds
-            finished_epoch = self.step % spe == 0
-            record = {"kind": "epoch", "step": self.step, "epoch": epoch, "seconds": seconds,
-                      "complete": finished_epoch,
-                      **{f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}}
-            if finished_epoch and self.val_data is not None and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
-                record.update({f"val_{k}": v for k, v in self.validate().items()})
-            self._log(record)
-            self.save()
-        bar.close()
+        try:
+            while self.step < self.total_steps:
+                epoch, start = divmod(self.step, spe)
+                perm = self._permutation(epoch)
+                sums: dict[str, torch.Tensor] = {}
+                count, t0 = 0, time.perf_counter()
+                for b in range(start, spe):
+                    if self.step >= self.total_steps:
+                        break
+                    out = self._train_step(self._batch(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], epoch, b))
+                    for k, v in out.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    count += 1
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                        self.check_finite()
+                        logged = {k: float(v) for k, v in out.items()}
+                        self._log({"kind": "step", "step": self.step, "epoch": epoch,
+                                   "lr": float(self.scheduler.get_last_lr()[0]), **logged})
+                        bar.set_postfix(loss=f"{logged['loss']:.4g}")
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                        self.check_finite()
+                        self.save()
+                self.check_finite()  # never log or save a non-finite state
+                seconds = time.perf_counter() - t0
+                self.train_seconds += seconds
+                finished_epoch = self.step % spe == 0
+                record = {"kind": "epoch", "step": self.step, "epoch": epoch, "seconds": seconds,
+                          "complete": finished_epoch,
+                          **{f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}}
+                if finished_epoch and self.val_data is not None and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
+                    record.update({f"val_{k}": v for k, v in self.validate().items()})
+                self._log(record)
+                self.save()
+        finally:
+            bar.close()
+            self._graph = None  # train.cuda_graph: its memory goes with the run; a later fit() captures again
         return self.history
 
     def _train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if self.cfg.cuda_graph:
             if self._graph is None:
-                self._graph = _GraphedStep(self)
-            out = self._graph(batch)
+                self._graph = _GraphedStep()
+            out = self._graph(self, batch)
         else:
             self.optimizer.zero_grad(set_to_none=True)
             out = self._update(batch)
@@ -379,7 +382,8 @@ class Trainer:
                 self.ema.load_state_dict(ckpt["ema"], ckpt.get("ema_updates", ckpt["step"]))
             # The saved groups bring the writer's implementation flags; this trainer keeps its own (a
             # CUDA run's fused Adam resumed on the CPU, an eager run's groups under train.cuda_graph).
-            flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g} for g in self.optimizer.param_groups]
+            flags = [{k: g[k] for k in ("fused", "foreach", "capturable") if k in g}
+                     for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(ckpt["optimizer"])
             for group, own in zip(self.optimizer.param_groups, flags):
                 group.update(own)
@@ -444,21 +448,35 @@ class CudaGraphs:
         return device.type == "cuda"
 
     @staticmethod
-    def side_stream(device: torch.device):
+    def side_stream(device: torch.device) -> "_SideStream":
         """Context: the eager warm-up steps on their own stream, as torch.cuda.graph requires."""
         return _SideStream(device)
 
     @staticmethod
-    def capture(fn: Callable[[], Any]) -> tuple[Callable[[], None], Any]:
-        """(replay, fn's outputs): fn's device work recorded, not run; each replay runs it again on the
-        same tensors."""
+    def capture(fn: Callable[[], Any], device: torch.device) -> tuple[Callable[[], None], Any]:
+        """(replay, fn's outputs): fn's device work on `device` recorded, not run; each replay runs it
+        again on the same tensors. If fn fails (a host sync is not allowed while capturing), the capture
+        is ended and the stream restored before fn's own error is raised, so the process stays usable."""
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn()
+        with torch.cuda.device(device):
+            capturing = torch.cuda.graph(graph)
+            capturing.__enter__()
+            try:
+                out = fn()
+            except BaseException:
+                try:
+                    graph.capture_end()  # fails for an invalidated capture, and ends it
+                except RuntimeError:
+                    pass
+                capturing.stream_ctx.__exit__(None, None, None)
+                raise
+            capturing.__exit__(None, None, None)
         return graph.replay, out
 
 
 class _SideStream:
+    """Context: work on one stream of its own that waits for the current one, and the current one for it."""
+
     def __init__(self, device: torch.device):
         self.device, self.stream = device, torch.cuda.Stream(device)
 
@@ -473,7 +491,7 @@ class _SideStream:
         return False
 
 
-GRAPHS = CudaGraphs  # tests/test_cuda_graph.py puts an emulation of CUDA graphs on the CPU here
+GRAPHS = CudaGraphs  # tests/cuda_graph_emulation.py puts CUDA graph semantics on the CPU here
 
 
 class _GraphedStep:
@@ -487,38 +505,38 @@ class _GraphedStep:
     tensors and replays. What changes between steps lives on the device and is updated in place: the
     lr tensors (the LR schedule's values are copied in), Adam's step counts (capturable), the NaN
     guard's flag and step, the default CUDA generator's offset (the graph advances it at each replay).
-    The LR schedule and the EMA stay outside the graph, eager, after each step.
+    The LR schedule and the EMA stay outside the graph, eager, after each step. It holds no reference
+    to its Trainer (the Trainer passes itself), so a finished Trainer frees the graph's memory.
     """
 
     WARMUP = 3
 
-    def __init__(self, trainer: "Trainer"):
-        self.trainer = trainer
+    def __init__(self):
         self.calls = 0
+        self.side = None
         self.replay: Callable[[], None] | None = None
         self.static_batch: tuple[torch.Tensor, ...] = ()
         self.static_out: dict[str, Any] = {}
 
-    def __call__(self, batch: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-        tr = self.trainer
+    def __call__(self, tr: "Trainer", batch: tuple[torch.Tensor, ...]) -> dict[str, Any]:
         self.calls += 1
         if self.calls <= self.WARMUP:
-            with GRAPHS.side_stream(tr.device):
+            self.side = self.side or GRAPHS.side_stream(tr.device)
+            with self.side:
                 tr.optimizer.zero_grad(set_to_none=True)
                 return tr._update(batch)
         if self.replay is None:
-            self._capture(batch)
+            self._capture(tr, batch)
         for static, b in zip(self.static_batch, batch):
             static.copy_(b)
         self.replay()
-        return {k: v.clone() if torch.is_tensor(v) else v for k, v in self.static_out.items()}
+        return {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in self.static_out.items()}
 
-    def _capture(self, batch: tuple[torch.Tensor, ...]) -> None:
-        tr = self.trainer
+    def _capture(self, tr: "Trainer", batch: tuple[torch.Tensor, ...]) -> None:
         self.static_batch = tuple(b.clone() for b in batch)
         tr.optimizer.zero_grad(set_to_none=True)
         try:
-            self.replay, self.static_out = GRAPHS.capture(lambda: tr._update(self.static_batch))
+            self.replay, self.static_out = GRAPHS.capture(lambda: tr._update(self.static_batch), tr.device)
         except RuntimeError as e:  # a host sync or an unsupported op inside the loss
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ZooError(f"train.cuda_graph: the training step of {tr.tag} cannot be captured as a CUDA graph "
