@@ -96,6 +96,45 @@ def test_graphed_step_trains_as_the_eager_step(where, monkeypatch):
     assert moved < 1e-5, moved
 
 
+@pytest.mark.parametrize("where", ["cpu-emulated", "cuda"])
+def test_graphed_net_samples_as_the_eager_net(where, monkeypatch):
+    """`zoo bench sampling`'s "net as a CUDA graph": one graph per input signature, replayed at every
+    step, gives the eager samples (DDIM-5 and DDPM-10 from the same x_T and seed), and reuses the graph
+    across the two samplers; the bench reports both rows."""
+    from tests.cuda_graph_emulation import EmulatedGraphs
+    from zoo.bench import sampler_variants
+    from zoo.bench.unet import GraphedNet
+    from zoo.common import trainer
+
+    if where == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    device = torch.device("cuda" if where == "cuda" else "cpu")
+    if where == "cpu-emulated":
+        monkeypatch.setattr(trainer, "GRAPHS", EmulatedGraphs)
+    torch.manual_seed(0)
+    model = GaussianDiffusion(Config(data="mnist-grey", channels=(8, 16), T=10)).to(device).eval()
+    with torch.no_grad():  # the U-Net's last conv starts at zero: a constant network would hide stale inputs
+        for p in model.net.parameters():
+            p.normal_(0, 0.2)
+    x_T = torch.randn(4, 1, 28, 28, device=device)
+    eager_net, out = model.net, {}
+    for name, net in (("eager", eager_net), ("graph", GraphedNet(eager_net, device))):
+        model.net = net
+        for sampler, steps in (("ddim", 5), ("ddpm", 10)):
+            torch.manual_seed(1)
+            out[name, sampler] = model.sample(4, sampler=sampler, steps=steps, x_T=x_T)
+        if name == "graph":
+            assert len(net.graphs) == 1  # one signature: every step and both samplers replay one graph
+    for sampler in ("ddim", "ddpm"):
+        torch.testing.assert_close(out["graph", sampler], out["eager", sampler], rtol=1e-5, atol=1e-5)
+    t = torch.full((4,), 0.5, device=device)
+    assert (eager_net(x_T, t) - eager_net(-x_T, t / 2)).abs().max() > 0.1  # the network's output depends on its inputs
+    model.net = eager_net
+    rows = sampler_variants(T=10, ddim_steps=5, batch_size=4, channels=(8, 16), device=device.type, repeats=1,
+                            compile_mode=None, peer=False, cuda_graph=True)
+    assert [r["impl"] for r in rows] == ["zoo", "zoo", "zoo, net as a CUDA graph", "zoo, net as a CUDA graph"]
+
+
 def test_bench_sampling_rows(capsys, tmp_path):
     run_zoo(capsys, "bench", "sampling", "--channels", "8,16", "--T", "10", "--ddim-steps", "5", "--batch-size", "4",
             "--repeats", "1", "--compile-mode", "none", "--no-peer", "--json", str(tmp_path / "s.json"))

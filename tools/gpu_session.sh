@@ -49,7 +49,7 @@ bench unet-small 110 unet --device $DEV --channels $SMALL --batch-size $BS \
   --variants eager,channels-last,${GRAPH}compile-graphs --json "$R/bench/unet-small.json"
 bench unet-big 45 unet --device $DEV --channels $BIG --batch-size $BS --variants eager,eager-bf16,${GRAPH%,} \
   --json "$R/bench/unet-big.json"
-bench sampling 75 sampling --device $DEV --channels $SMALL --T $T --ddim-steps $DS --batch-size $SB --repeats 1 \
+bench sampling 95 sampling --device $DEV --channels $SMALL --T $T --ddim-steps $DS --batch-size $SB --repeats 1 \
   --compile-mode reduce-overhead --json "$R/bench/sampling.json"
 bench trainer 45 trainer --device $DEV --batch-size $BS --steps 60 --repeats 2
 # The CUDA graph tests with real graphs (the graphed Trainer against the eager one, its guard, resumes,

@@ -79,6 +79,37 @@ def graphed(step, optimizer: torch.optim.Optimizer, device: torch.device, warmup
     return replay
 
 
+class GraphedNet(nn.Module):
+    """Inference only: `net`'s forward captured once per input signature (shapes, dtypes, which
+    arguments are None) as a CUDA graph and replayed on static copies of the inputs; the output is a
+    clone, so a caller may keep it across calls. The sampler loop calls the same network T times, so
+    this is the sampler's launch overhead taken out without a compile (the capture is the Trainer's
+    `GRAPHS`, one eager warm-up call first)."""
+
+    def __init__(self, net: nn.Module, device: torch.device):
+        super().__init__()
+        self.net, self.device = net, device
+        self.graphs: dict = {}
+
+    @torch.no_grad()
+    def forward(self, *args):
+        from zoo.common import trainer
+
+        key = tuple((tuple(a.shape), a.dtype) if torch.is_tensor(a) else a for a in args)
+        if key not in self.graphs:
+            static = [a.clone() if torch.is_tensor(a) else a for a in args]
+            with trainer.GRAPHS.side_stream(self.device):
+                self.net(*static)
+            replay, out = trainer.GRAPHS.capture(lambda: self.net(*static), self.device)
+            self.graphs[key] = (static, replay, out)
+        static, replay, out = self.graphs[key]
+        for s, a in zip(static, args):
+            if torch.is_tensor(a):
+                s.copy_(a)
+        replay()
+        return out.clone()
+
+
 def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: int, repeats: int,
                bf16: bool = False, compile_mode: str | None = None, channels_last: bool = False,
                cuda_graph: bool = False) -> dict:
@@ -164,10 +195,10 @@ def unet_training(channels=(32, 64, 128), batch_size: int = 128, steps: int = 30
 @torch.no_grad()
 def sampler_variants(T: int = 1000, ddim_steps: int = 50, batch_size: int = 1000, channels=(32, 64, 128),
                      device: str = "cpu", repeats: int = 2, compile_mode: str | None = "default",
-                     peer: bool = True, on_row=None) -> list[dict]:
-    """DDIM-S and DDPM-T wall time of zoo's sampler (eager, and with the network compiled) and of
-    diffusers' DDIMScheduler / DDPMScheduler driving the same network; each against S (or T) x one
-    forward of the eager network."""
+                     peer: bool = True, on_row=None, cuda_graph: bool | None = None) -> list[dict]:
+    """DDIM-S and DDPM-T wall time of zoo's sampler (eager, with the network as a CUDA graph, and with
+    the network compiled) and of diffusers' DDIMScheduler / DDPMScheduler driving the same network;
+    each against S (or T) x one forward of the eager network. `cuda_graph` None: on CUDA only."""
     from zoo.gaussian.model import Config, GaussianDiffusion
 
     torch.manual_seed(0)
@@ -211,6 +242,13 @@ def sampler_variants(T: int = 1000, ddim_steps: int = 50, batch_size: int = 1000
         for sched, nfe in ((DDIMScheduler(**kw), ddim_steps), (DDPMScheduler(**kw), T)):
             s = timed(lambda: run_peer(sched, nfe))
             add({"impl": "diffusers", "sampler": f"{type(sched).__name__}-{nfe}", "seconds": s, "nfe": nfe})
+    eager_net = model.net
+    if cuda_graph if cuda_graph is not None else dev.type == "cuda":
+        model.net = GraphedNet(eager_net, dev)
+        for sampler, nfe in (("ddim", ddim_steps), ("ddpm", T)):
+            s = timed(lambda: model.sample(batch_size, sampler=sampler, steps=nfe, x_T=x))
+            add({"impl": "zoo, net as a CUDA graph", "sampler": f"{sampler.upper()}-{nfe}", "seconds": s, "nfe": nfe})
+        model.net = eager_net
     if compile_mode:
         model.net = torch.compile(model.net, mode=compile_mode)
         for sampler, nfe in (("ddim", ddim_steps), ("ddpm", T)):
