@@ -65,6 +65,21 @@ def device(request):
     return torch.device(request.param)
 
 
+@pytest.fixture(params=["cpu-emulated", "cuda"])
+def graphs(request, monkeypatch) -> torch.device:
+    """The device a CUDA graph test runs on: CUDA with real graphs where present, and always the CPU under
+    tests/cuda_graph_emulation.py's EmulatedGraphs (in zoo.common.trainer.GRAPHS)."""
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device here")
+        return torch.device("cuda")
+    from tests.cuda_graph_emulation import EmulatedGraphs
+    from zoo.common import trainer
+
+    monkeypatch.setattr(trainer, "GRAPHS", EmulatedGraphs)
+    return torch.device("cpu")
+
+
 def run_zoo(capsys, *args) -> str:
     """`zoo ARGS` in-process; asserts exit 0 and returns stdout."""
     from zoo.cli import main

@@ -49,24 +49,22 @@ def test_cuda_only_variants_on_the_cpu(capsys):
     err = capsys.readouterr()
     assert e.value.code == 2 and "cuda-graph needs --device cuda" in err.err and err.out == ""
     assert "cuda-graph on CUDA only" in " ".join(run_zoo(capsys, "bench", "unet", "--help").split())
+    if not torch.cuda.is_available():
+        from zoo.bench import graphed
+        from zoo.common.config import UsageError
+
+        with pytest.raises(UsageError, match="needs --device cuda"):
+            graphed(lambda: None, torch.optim.Adam([torch.zeros(1, requires_grad=True)]), torch.device("cpu"))
 
 
-@pytest.mark.parametrize("where", ["cpu", "cpu-emulated", "cuda"])
-def test_graphed_step_trains_as_the_eager_step(where, monkeypatch):
+def test_graphed_step_trains_as_the_eager_step(graphs):
     """`graphed` (the cuda-graph variant): three eager warm-up steps, then replays of the captured
     forward/backward/Adam, give the weights of as many eager steps; a replay that accumulated gradients
     instead of overwriting them, or froze Adam's step count, would not. Real graphs on CUDA, the CPU
-    emulation of tests/test_cuda_graph.py on the CPU; without it the CPU refuses."""
-    from tests.cuda_graph_emulation import EmulatedGraphs
+    emulation (conftest's `graphs`) on the CPU."""
     from zoo.bench import graphed
-    from zoo.common import trainer
-    from zoo.common.config import UsageError
 
-    if where == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device here")
-    device = torch.device("cuda" if where == "cuda" else "cpu")
-    if where == "cpu-emulated":
-        monkeypatch.setattr(trainer, "GRAPHS", EmulatedGraphs)
+    device = graphs
     x = torch.linspace(-1, 1, 64, device=device).reshape(16, 4)
     target = torch.sin(3 * x) @ torch.ones(4, 2, device=device)
     weights = []
@@ -79,10 +77,6 @@ def test_graphed_step_trains_as_the_eager_step(where, monkeypatch):
             ((net(x) - target) ** 2).mean().backward()
             opt.step()
 
-        if use_graph and where == "cpu":
-            with pytest.raises(UsageError, match="needs --device cuda"):
-                graphed(step, opt, device)
-            return
         if use_graph:
             replay = graphed(step, opt, device, warmup=3)
             for _ in range(5):
@@ -96,21 +90,14 @@ def test_graphed_step_trains_as_the_eager_step(where, monkeypatch):
     assert moved < 1e-5, moved
 
 
-@pytest.mark.parametrize("where", ["cpu-emulated", "cuda"])
-def test_graphed_net_samples_as_the_eager_net(where, monkeypatch):
+def test_graphed_net_samples_as_the_eager_net(graphs):
     """`zoo bench sampling`'s "net as a CUDA graph": one graph per input signature, replayed at every
     step, gives the eager samples (DDIM-5 and DDPM-10 from the same x_T and seed), and reuses the graph
     across the two samplers; the bench reports both rows."""
-    from tests.cuda_graph_emulation import EmulatedGraphs
     from zoo.bench import sampler_variants
     from zoo.bench.unet import GraphedNet
-    from zoo.common import trainer
 
-    if where == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA device here")
-    device = torch.device("cuda" if where == "cuda" else "cpu")
-    if where == "cpu-emulated":
-        monkeypatch.setattr(trainer, "GRAPHS", EmulatedGraphs)
+    device = graphs
     torch.manual_seed(0)
     model = GaussianDiffusion(Config(data="mnist-grey", channels=(8, 16), T=10)).to(device).eval()
     with torch.no_grad():  # the U-Net's last conv starts at zero: a constant network would hide stale inputs

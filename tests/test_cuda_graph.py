@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import zoo.common.trainer as trainer_module
-from tests.cuda_graph_emulation import EmulatedGraphs
 from zoo import ZooError
 from zoo.common.config import ConfigError
 from zoo.common.trainer import NonFiniteLoss, TrainConfig, Trainer, load_checkpoint
@@ -47,18 +46,6 @@ def test_experiment_on_the_cpu_refuses_before_writing(capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "train.cuda_graph needs a CUDA device" in err and "\n" not in err
     assert not (tmp_path / "run").exists()
-
-
-@pytest.fixture(params=["cpu-emulated", "cuda"])
-def graphs(request, monkeypatch) -> torch.device:
-    """The device the graphed Trainer runs on: CUDA with real graphs where present, and always the CPU
-    under EmulatedGraphs."""
-    if request.param == "cuda":
-        if not torch.cuda.is_available():
-            pytest.skip("no CUDA device here")
-        return torch.device("cuda")
-    monkeypatch.setattr(trainer_module, "GRAPHS", EmulatedGraphs)
-    return torch.device("cpu")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from zoo.bench.timing import best_time, param_count, sync, zoo_unet
+from zoo.common import trainer
 from zoo.common.config import UsageError
 from zoo.common.trainer import fused_optimiser
 
@@ -62,21 +63,23 @@ def graphed(step, optimizer: torch.optim.Optimizer, device: torch.device, warmup
     Gradients are set to None before the capture, so the captured backward writes them into the graph's
     own memory and every replay overwrites rather than accumulates them. The optimiser must be
     capturable (its step count lives on the device); random draws inside `step` use the default CUDA
-    generator, which the graph advances on every replay. The capture is the Trainer's (`GRAPHS` in
-    zoo/common/trainer.py, which train.cuda_graph uses).
+    generator, which the graph advances on every replay.
     """
-    from zoo.common import trainer
-
-    graphs = trainer.GRAPHS
-    if not graphs.supports(device):
+    if not trainer.GRAPHS.supports(device):
         raise UsageError("a CUDA graph needs --device cuda")
-    with graphs.side_stream(device):
+    return _warm_and_capture(step, device, warmup, reset=lambda: optimizer.zero_grad(set_to_none=True))[0]
+
+
+def _warm_and_capture(fn, device: torch.device, warmup: int, reset=lambda: None):
+    """(replay, fn's outputs): `warmup` eager calls of fn on a side stream, then fn captured; `reset()`
+    before each. The capture is the Trainer's (`GRAPHS` in zoo/common/trainer.py, which train.cuda_graph
+    uses; the tests put a CPU emulation there)."""
+    with trainer.GRAPHS.side_stream(device):
         for _ in range(warmup):
-            optimizer.zero_grad(set_to_none=True)
-            step()
-    optimizer.zero_grad(set_to_none=True)
-    replay, _ = graphs.capture(step, device)
-    return replay
+            reset()
+            fn()
+    reset()
+    return trainer.GRAPHS.capture(fn, device)
 
 
 class GraphedNet(nn.Module):
@@ -93,14 +96,10 @@ class GraphedNet(nn.Module):
 
     @torch.no_grad()
     def forward(self, *args):
-        from zoo.common import trainer
-
         key = tuple((tuple(a.shape), a.dtype) if torch.is_tensor(a) else a for a in args)
         if key not in self.graphs:
             static = [a.clone() if torch.is_tensor(a) else a for a in args]
-            with trainer.GRAPHS.side_stream(self.device):
-                self.net(*static)
-            replay, out = trainer.GRAPHS.capture(lambda: self.net(*static), self.device)
+            replay, out = _warm_and_capture(lambda: self.net(*static), self.device, warmup=1)
             self.graphs[key] = (static, replay, out)
         static, replay, out = self.graphs[key]
         for s, a in zip(static, args):
@@ -121,8 +120,7 @@ def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: i
     if channels_last:
         model.to(memory_format=torch.channels_last)
     step_fn = torch.compile(_LossModule(model), mode=compile_mode) if compile_mode else _LossModule(model)
-    fused = fused_optimiser(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused, **({"capturable": True} if cuda_graph else {}))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_optimiser(device), capturable=cuda_graph)
     x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
 
     def fwd_bwd_adam() -> None:

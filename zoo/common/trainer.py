@@ -176,50 +176,55 @@ class Trainer:
 
     def fit(self) -> list[dict[str, Any]]:
         """Train until `total_steps`, resuming from `self.step`; returns the log records."""
-        cfg, spe = self.cfg, self.steps_per_epoch
+        cfg = self.cfg
         show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (show and self.is_main),
                    desc=self.tag, dynamic_ncols=True, leave=False)
         self.model.train()
         self._step_on_device.fill_(self.step)
         try:
-            while self.step < self.total_steps:
-                epoch, start = divmod(self.step, spe)
-                perm = self._permutation(epoch)
-                sums: dict[str, torch.Tensor] = {}
-                count, t0 = 0, time.perf_counter()
-                for b in range(start, spe):
-                    if self.step >= self.total_steps:
-                        break
-                    out = self._train_step(self._batch(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], epoch, b))
-                    for k, v in out.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    count += 1
-                    bar.update(1)
-                    if self.step % cfg.log_every == 0 or self.step == self.total_steps:
-                        self.check_finite()
-                        logged = {k: float(v) for k, v in out.items()}
-                        self._log({"kind": "step", "step": self.step, "epoch": epoch,
-                                   "lr": float(self.scheduler.get_last_lr()[0]), **logged})
-                        bar.set_postfix(loss=f"{logged['loss']:.4g}")
-                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                        self.check_finite()
-                        self.save()
-                self.check_finite()  # never log or save a non-finite state
-                seconds = time.perf_counter() - t0
-                self.train_seconds += seconds
-                finished_epoch = self.step % spe == 0
-                record = {"kind": "epoch", "step": self.step, "epoch": epoch, "seconds": seconds,
-                          "complete": finished_epoch,
-                          **{f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}}
-                if finished_epoch and self.val_data is not None and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
-                    record.update({f"val_{k}": v for k, v in self.validate().items()})
-                self._log(record)
-                self.save()
+            self._epochs(bar)
         finally:
             bar.close()
             self._graph = None  # train.cuda_graph: its memory goes with the run; a later fit() captures again
         return self.history
+
+    def _epochs(self, bar) -> None:
+        """fit()'s loop: the steps of each epoch, then its log line, validation and checkpoint."""
+        cfg, spe = self.cfg, self.steps_per_epoch
+        while self.step < self.total_steps:
+            epoch, start = divmod(self.step, spe)
+            perm = self._permutation(epoch)
+            sums: dict[str, torch.Tensor] = {}
+            count, t0 = 0, time.perf_counter()
+            for b in range(start, spe):
+                if self.step >= self.total_steps:
+                    break
+                out = self._train_step(self._batch(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], epoch, b))
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    self.check_finite()
+                    logged = {k: float(v) for k, v in out.items()}
+                    self._log({"kind": "step", "step": self.step, "epoch": epoch,
+                               "lr": float(self.scheduler.get_last_lr()[0]), **logged})
+                    bar.set_postfix(loss=f"{logged['loss']:.4g}")
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    self.check_finite()
+                    self.save()
+            self.check_finite()  # never log or save a non-finite state
+            seconds = time.perf_counter() - t0
+            self.train_seconds += seconds
+            finished_epoch = self.step % spe == 0
+            record = {"kind": "epoch", "step": self.step, "epoch": epoch, "seconds": seconds,
+                      "complete": finished_epoch,
+                      **{f"train_{k}": float(v) / max(count, 1) for k, v in sums.items()}}
+            if finished_epoch and self.val_data is not None and cfg.val_every and (epoch + 1) % cfg.val_every == 0:
+                record.update({f"val_{k}": v for k, v in self.validate().items()})
+            self._log(record)
+            self.save()
 
     def _train_step(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if self.cfg.cuda_graph:
