@@ -204,7 +204,7 @@ def test_bench_profile(capsys, tmp_path):
     small, big = results
     assert sum(big["host_shares"].values()) == pytest.approx(1.0) and big["host_shares"]["convolution"] > 0
     assert set(big["host_phases"]) == {"forward", "backward", "optimiser"}
-    assert set(big["adam_step_ms"]) == {"fused", "default"} and min(big["adam_step_ms"].values()) > 0
+    assert set(big["adam_step_ms"]) == {"fused", "foreach", "per-tensor"} and min(big["adam_step_ms"].values()) > 0
     assert sum(big["host_phases"].values()) == pytest.approx(1.0)
     assert big["gflop_per_step"] == pytest.approx(2 * small["gflop_per_step"], rel=1e-9) and small["gflop_per_step"] > 0
     assert 0 < big["of_peak"] and big["top_ops"] and "of this machine's fp32 matmul" in out

@@ -217,14 +217,15 @@ def test_trainer_ema_state_in_checkpoint(tmp_path):
 
 
 def test_optimiser_fused_on_cuda_only_and_the_same_update():
-    """CUDA takes the fused optimiser; the CPU keeps torch's default (committed CPU results rerun
-    bit-identically). The fused update is the default's within float rounding, so `zoo bench
-    profile`'s comparison of the two times the same computation."""
-    from zoo.common.trainer import fused_optimiser
+    """CUDA takes the fused optimiser, the CPU the foreach one. The fused update is the per-tensor
+    one's within float rounding, so `zoo bench profile`'s comparison of the three times the same
+    computation."""
+    from zoo.common.trainer import optimiser_kernels
 
     tr = Trainer(Regress(), _data(), _cfg())
-    assert fused_optimiser(torch.device("cuda")) is True and fused_optimiser(torch.device("cpu")) is None
-    assert not tr.optimizer.defaults["fused"]
+    assert optimiser_kernels(torch.device("cuda")) == {"fused": True}
+    assert optimiser_kernels(torch.device("cpu")) == {"foreach": True}
+    assert tr.optimizer.defaults["foreach"] and not tr.optimizer.defaults["fused"]
     torch.manual_seed(0)
     w = torch.randn(50, 7)
     grads = [torch.randn(50, 7) for _ in range(5)]
@@ -237,3 +238,30 @@ def test_optimiser_fused_on_cuda_only_and_the_same_update():
             opt.step()
         out.append(p.detach())
     assert torch.allclose(out[0], out[1], rtol=0, atol=1e-6) and not torch.equal(out[0], w)
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", [("adam", 0.0), ("adam", 0.01), ("adamw", 0.01), ("sgd", 0.01)])
+def test_cpu_foreach_optimiser_is_bit_identical_to_per_tensor(optimizer, weight_decay, monkeypatch):
+    """The CPU's foreach optimiser must give bit for bit the weights of torch's per-tensor default,
+    which trained every committed CPU result: otherwise those results would no longer rerun
+    identically from their config.json. A real U-Net formulation (~100 parameter tensors), a warm-up
+    and cosine LR schedule, clipping and the EMA, trained once with each implementation."""
+    import zoo.common.trainer as trainer_mod
+    from zoo.gaussian.model import Config, GaussianDiffusion
+
+    x = torch.rand(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cfg = _cfg(epochs=2, batch_size=16, optimizer=optimizer, weight_decay=weight_decay, warmup_steps=3)
+    runs = []
+    for kernels in ({"foreach": True}, {"foreach": False}):
+        monkeypatch.setattr(trainer_mod, "optimiser_kernels", lambda device, k=kernels: k)
+        torch.manual_seed(0)
+        model = GaussianDiffusion(Config(data="mnist-grey", arch="unet", channels=(8, 16), T=100))
+        tr = Trainer(model, (x,), cfg)
+        assert tr.optimizer.defaults["foreach"] is kernels["foreach"]
+        tr.fit()
+        runs.append((_weights(model), {k: v.clone() for k, v in tr.ema.shadow.items()}))
+    (w_foreach, ema_foreach), (w_loop, ema_loop) = runs
+    assert len(w_foreach) > 50 and not all(torch.equal(a, b) for a, b in zip(w_foreach.values(), ema_foreach.values()))
+    assert all(torch.equal(w_foreach[k], w_loop[k]) for k in w_loop)
+    assert all(torch.equal(ema_foreach[k], ema_loop[k]) for k in ema_loop)
+

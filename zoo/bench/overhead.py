@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from zoo.bench.timing import best_time
 from zoo.common.nets import UNet, UNetConfig
-from zoo.common.trainer import TrainConfig, Trainer, fused_optimiser
+from zoo.common.trainer import TrainConfig, Trainer, optimiser_kernels
 from zoo.common.utils import append_dims
 
 
@@ -30,7 +30,7 @@ class _Denoise(nn.Module):
 
 
 def _bare(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: torch.device) -> float:
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused_optimiser(device))  # the Trainer's optimiser
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, **optimiser_kernels(device))  # the Trainer's optimiser
     perm = torch.randperm(len(data))
     t0 = time.perf_counter()
     for i in range(steps):

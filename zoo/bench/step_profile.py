@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from zoo.bench.timing import best_time, param_count, sync, zoo_unet
-from zoo.common.trainer import fused_optimiser
+from zoo.common.trainer import optimiser_kernels
 
 # Operator categories of a profile, matched in order on the aten name (self time, so nothing counts twice).
 PROFILE_CATEGORIES = (("convolution", ("conv",)), ("matmul", ("addmm", "aten::mm", "bmm", "matmul", "linear")),
@@ -32,9 +32,9 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
 
     Measures, in one run: the step's wall time (best of `repeats`, unprofiled); its FLOPs, forward and
     backward (torch.utils.flop_counter); the machine's dense fp32 matmul rate, so that achieved/peak
-    says how close to compute-bound the step is; the Adam step alone, fused and torch's default; and a
-    torch.profiler profile of `steps` steps: host time per phase (forward, backward, optimiser) and per
-    operator category, and on CUDA the kernels per step and the fraction of the wall the GPU is busy
+    says how close to compute-bound the step is; the Adam step alone in each of torch's implementations
+    (fused, foreach, per-tensor); and a torch.profiler profile of `steps` steps: host time per phase
+    (forward, backward, optimiser) and per operator category, and on CUDA the kernels per step and the fraction of the wall the GPU is busy
     (low: launch-bound, the host is the limit). `trace`: also write a Chrome trace (chrome://tracing,
     Perfetto)."""
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -46,7 +46,7 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     torch.manual_seed(0)
     model = zoo_unet(channels, dev)
     step_fn = _LossModule(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_optimiser(dev))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, **optimiser_kernels(dev))
     x = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
 
     def one() -> None:  # its three phases labelled for the profile (free when no profiler runs)
@@ -67,7 +67,7 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     with FlopCounterMode(display=False) as counter:
         step_fn((x,))["loss"].backward()  # the gradients stay for the optimiser timing
     flops = counter.get_total_flops()
-    adam = {"fused": adam_step_s(fused=True), "default": adam_step_s()}
+    adam = {"fused": adam_step_s(fused=True), "foreach": adam_step_s(foreach=True), "per-tensor": adam_step_s(foreach=False)}
     peak = _matmul_rate(dev, 4096 if dev.type == "cuda" else 1024, repeats)
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])

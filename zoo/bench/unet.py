@@ -11,7 +11,7 @@ from torch import nn
 from zoo.bench.timing import best_time, param_count, sync, zoo_unet
 from zoo.common import trainer
 from zoo.common.config import UsageError
-from zoo.common.trainer import fused_optimiser
+from zoo.common.trainer import optimiser_kernels
 
 # compile-graphs: torch.compile(mode="reduce-overhead"), CUDA graphs for the forward and backward (the
 # host's per-kernel launch cost is what bounds the paper U-Nets on one H100); the same as compile on a CPU.
@@ -120,7 +120,8 @@ def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: i
     if channels_last:
         model.to(memory_format=torch.channels_last)
     step_fn = torch.compile(_LossModule(model), mode=compile_mode) if compile_mode else _LossModule(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused_optimiser(device), capturable=cuda_graph)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=cuda_graph,
+                           **optimiser_kernels(device))
     x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
 
     def fwd_bwd_adam() -> None:

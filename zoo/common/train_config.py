@@ -95,23 +95,24 @@ class TrainConfig:
         return self.epochs * steps_per_epoch if self.steps is None else self.steps
 
 
-def fused_optimiser(device: torch.device) -> bool | None:
-    """Fused optimiser kernels (the whole update in one kernel for all parameters) on CUDA, where the
-    per-tensor default costs a launch per op. On the CPU torch's default: the fused CPU Adam step is
-    several times faster (`zoo bench profile`) but only 3-7% of a quick U-Net step, and it would
-    change the floating-point path of every CPU run, so committed results would no longer rerun
-    bit-identically from their config.json."""
-    return True if device.type == "cuda" else None
+def optimiser_kernels(device: torch.device) -> dict[str, bool]:
+    """Which of torch's optimiser implementations runs on `device`: the fused kernels on CUDA (the whole
+    update in one launch for all parameters, where the per-tensor loop costs a launch per op); the
+    foreach form elsewhere, whose multi-tensor ops give bit-for-bit the per-tensor default's update
+    (tests/test_trainer.py checks it, so committed CPU results rerun identically) at ~1.6x its speed
+    (`zoo bench profile`). The fused CPU Adam is faster still but rounds differently, so it would
+    change every CPU run's numbers."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
 
 
 # capturable (adam, adamw): the step count on the device, as a CUDA graph needs (train.cuda_graph).
 OPTIMIZERS: dict[str, Callable] = {
-    "adam": lambda groups, c, fused: torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused,
-                                                      capturable=c.cuda_graph),
-    "adamw": lambda groups, c, fused: torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay, fused=fused,
-                                                        capturable=c.cuda_graph),
-    "sgd": lambda groups, c, fused: torch.optim.SGD(groups, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay,
-                                                    fused=fused),
+    "adam": lambda groups, c, kernels: torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay,
+                                                        capturable=c.cuda_graph, **kernels),
+    "adamw": lambda groups, c, kernels: torch.optim.AdamW(groups, lr=c.lr, weight_decay=c.weight_decay,
+                                                          capturable=c.cuda_graph, **kernels),
+    "sgd": lambda groups, c, kernels: torch.optim.SGD(groups, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay,
+                                                      **kernels),
 }
 
 

@@ -45,14 +45,14 @@ from zoo.common.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_KEYS, RESUME_KE
                                    RunLock, check_same_model, load_checkpoint, remove_stale_temps)
 from zoo.common.config import ConfigError
 from zoo.common.ema import EMA, SwapWeights
-from zoo.common.train_config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, fused_optimiser, lr_factor
+from zoo.common.train_config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, lr_factor, optimiser_kernels
 from zoo.common.utils import atomic_write_bytes, resolve_device, rng_state, seed_everything, set_rng_state
 
 # Re-exported: zoo.common.trainer is where SPEC 8 puts the training interface, and code outside the
 # package imports these names from here.
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "EMA", "LR_SCHEDULES", "OPTIMIZERS", "RESUME_KEYS",
            "CheckpointError", "NonFiniteLoss", "RunDirBusy", "RunLock", "TrainConfig", "Trainer",
-           "check_same_model", "fused_optimiser", "load_checkpoint", "lr_factor", "remove_stale_temps"]
+           "check_same_model", "load_checkpoint", "lr_factor", "optimiser_kernels", "remove_stale_temps"]
 
 
 class NonFiniteLoss(ZooError):
@@ -103,8 +103,8 @@ class Trainer:
         self.steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch
         self.total_steps = cfg.total_steps(self.steps_per_epoch)
         groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else model.parameters()
-        fused = True if cfg.cuda_graph else fused_optimiser(self.device)  # a graph replays the fused Adam
-        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, fused)
+        kernels = {"fused": True} if cfg.cuda_graph else optimiser_kernels(self.device)  # a graph replays the fused Adam
+        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, kernels)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.schedule_steps(self.steps_per_epoch)))
         self._lr_tensors: list[torch.Tensor] | None = None
