@@ -30,6 +30,7 @@ from zoo.common.checkpoint import RunLock, remove_stale_temps
 from zoo.common.config import UsageError, apply_overrides, config_from_dict  # noqa: F401  (re-exported)
 from zoo.common.trainer import TrainConfig, Trainer
 from zoo.common.utils import seed_everything, write_json
+from zoo.evaluation import graph_sampling
 from zoo.report import Result, render
 from zoo.runs import remove_checkpoints, train
 
@@ -127,7 +128,8 @@ def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None 
 
     `resume`: continue an interrupted run in `out_dir`, each model from its TAG.ckpt where one exists
     (a finished model is not trained again); its config.json must hold the same config and seed.
-    `cuda_graph`: train.cuda_graph for every model (CUDA only; zoo/common/trainer.py)."""
+    `cuda_graph`: train.cuda_graph for every model (CUDA only; zoo/common/trainer.py), and every
+    ``draw`` with the model's network as CUDA graphs (zoo/common/graphed_net.py)."""
     exp = get(name)
     if preset not in exp.presets:
         raise UsageError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -164,7 +166,8 @@ def run_experiment(name: str, preset: str = "quick", out_dir: str | Path | None 
         write_json(out / "config.json", info)
         seed_everything(seed)
         t0 = time.perf_counter()
-        result = exp.run(cfg, ctx)
+        with graph_sampling(cuda_graph):  # every draw() with the network as CUDA graphs, where asked
+            result = exp.run(cfg, ctx)
         metrics = {"experiment": name, "preset": preset, "seconds": round(time.perf_counter() - t0, 2),
                    **result.metrics, "verdict": result.report.verdict}
         write_json(out / "metrics.json", metrics)

@@ -95,7 +95,7 @@ def test_graphed_net_samples_as_the_eager_net(graphs):
     step, gives the eager samples (DDIM-5 and DDPM-10 from the same x_T and seed), and reuses the graph
     across the two samplers; the bench reports both rows."""
     from zoo.bench import sampler_variants
-    from zoo.bench.unet import GraphedNet
+    from zoo.common.graphed_net import GraphedNet
 
     device = graphs
     torch.manual_seed(0)

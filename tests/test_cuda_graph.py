@@ -1,4 +1,5 @@
-"""train.cuda_graph: the Trainer's step captured once as a CUDA graph and replayed (issue 13).
+"""train.cuda_graph: the Trainer's step captured once as a CUDA graph and replayed, and the samplers'
+network the same way (issue 13).
 
 On the CPU: every way of asking for it where it cannot run is a one-line usage error before anything
 is written. Its behaviour runs twice: on CUDA (`make gpu-check`, `pytest -k cuda`) with real graphs,
@@ -6,7 +7,8 @@ and on the CPU under `EmulatedGraphs`, the semantics of a CUDA graph at the leve
 records and runs nothing, a replay runs the recorded ops again on the same tensors with their Python
 scalars frozen, a host sync inside a capture fails). Either way the graphed Trainer trains the weights,
 EMA and losses of the eager one, its NaN guard stops a diverging run and keeps the last good
-checkpoint, and its checkpoints resume in an eager Trainer and back.
+checkpoint, and its checkpoints resume in an eager Trainer and back. Sampling under `zoo run
+--cuda-graph` (every draw() with the formulation's network as CUDA graphs) gives the eager samples.
 """
 
 from __future__ import annotations
@@ -191,6 +193,80 @@ def test_every_formulation_trains_under_a_graph(name, graphs, replays, fake_mnis
         losses.append([r["loss"] for r in tr.history if r["kind"] == "step"])
     assert replays == [4, 5, 6] and len(losses[1]) == 6
     assert losses[1] == pytest.approx(losses[0], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- sampling (zoo.common.graphed_net)
+
+
+@pytest.fixture
+def captures(monkeypatch) -> list[tuple]:
+    """The input signatures GraphedNet captured a graph for, in order."""
+    import zoo.common.graphed_net as graphed_net
+
+    seen: list[tuple] = []
+    capture = graphed_net.warm_and_capture
+
+    def spy(fn, device, warmup, reset=lambda: None):
+        seen.append(device)
+        return capture(fn, device, warmup, reset)
+
+    monkeypatch.setattr(graphed_net, "warm_and_capture", spy)
+    return seen
+
+
+@pytest.mark.parametrize("name", list(_formulations()))
+def test_every_formulation_samples_under_a_graph(name, graphs, captures, fake_mnist):
+    """draw() with the formulation's network as CUDA graphs gives the eager samples from the same
+    generator seed and the same NFE, with one capture per chunk size (every step of a chunk replays
+    it); the eager network is back afterwards. The conditional model samples with guidance."""
+    from zoo.evaluation import draw, graph_sampling
+    from zoo.formulations import build
+
+    torch.manual_seed(0)
+    model = build(_formulations()[name]).to(graphs).eval()
+    net_name = getattr(model, "NETWORK", "net")
+    eager = getattr(model, net_name)
+    with torch.no_grad():  # U-Nets start with a zero last conv: a constant network would hide stale inputs
+        for p in eager.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    kw = {"w": 2.0, "labels": torch.arange(6) % 10} if "conditional" in name else {}
+    out = {}
+    for graph in (False, True):
+        gen = torch.Generator(device=graphs).manual_seed(1)
+        with graph_sampling(graph):  # the context a `zoo run --cuda-graph` sets
+            out[graph] = draw(model, 6, 4, gen, progress=False, **kw)
+        assert getattr(model, net_name) is eager
+    assert captures == [graphs, graphs]  # chunks of 4 and 2
+    assert out[True].nfe == out[False].nfe and out[True].nfe >= 1
+    torch.testing.assert_close(out[True].x, out[False].x, rtol=1e-4, atol=1e-4)
+    assert out[True].x.std() > 0
+
+
+def test_a_cuda_graph_run_samples_with_graphs(monkeypatch, tmp_path):
+    """`zoo run NAME --cuda-graph` runs the experiment inside graph_sampling, so every draw() graphs its
+    network; without the flag it does not. (An experiment with no TrainConfig: on the CPU the flag's
+    own check, train.cuda_graph needs CUDA, would refuse any real one first.)"""
+    import dataclasses
+
+    from experiments import registry
+    from zoo.evaluation import _GRAPH_SAMPLING
+    from zoo.report import Report, Result
+
+    seen = []
+
+    def run(cfg, ctx):
+        seen.append(_GRAPH_SAMPLING.get())
+        return Result({}, Report(title="probe", claim="-"))
+
+    @dataclasses.dataclass(frozen=True)
+    class Probe:
+        n: int = 1
+
+    exp = registry.Experiment("probe", "records the sampling context", dict.fromkeys(registry.PRESETS, Probe()), run)
+    monkeypatch.setitem(registry.REGISTRY, "probe", exp)
+    for flag in (True, False):
+        registry.run_experiment("probe", out_dir=tmp_path / str(flag), cuda_graph=flag)
+    assert seen == [True, False] and _GRAPH_SAMPLING.get() is False
 
 
 def test_a_loss_that_waits_for_the_host_is_one_clear_error(graphs, tmp_path):

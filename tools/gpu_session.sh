@@ -53,7 +53,7 @@ bench sampling 95 sampling --device $DEV --channels $SMALL --T $T --ddim-steps $
   --compile-mode reduce-overhead --json "$R/bench/sampling.json"
 bench trainer 45 trainer --device $DEV --batch-size $BS --steps 60 --repeats 2
 # The CUDA graph tests with real graphs (the graphed Trainer against the eager one, its guard, resumes,
-# every formulation, the bench's capture) before any preset relies on them; SIGINT on the cap, so that
+# every formulation trained and sampled, the bench's capture) before any preset relies on them; SIGINT on the cap, so that
 # pytest still prints its summary, and only a clean pass (rc 0) opens the presets' --cuda-graph.
 PT_RC=1
 if [ -z "${DRY:-}" ]; then
@@ -72,8 +72,9 @@ preset() { local name=$1; shift; if [ -n "${DRY:-}" ]; then set --; fi  # a dry 
     say "preset $name rc=$?" ) & }
 say "presets with a cap of $CAP s each"
 # Issue 13's "each paper preset under 3 minutes": the two that did not finish in a window before (guidance,
-# parameterisation) and ddpm-vs-ddim (136 s before), with train.cuda_graph where it passed its tests and
-# ran in `bench trainer` (its graph row), and ode-samplers eager beside them as the control. Their
+# parameterisation) and ddpm-vs-ddim (136 s before), with --cuda-graph (the training step and the
+# samplers' network as CUDA graphs) where it passed its tests and ran in `bench trainer` (its graph
+# row), and ode-samplers eager beside them as the control. Their
 # log.jsonl epoch seconds give the per-epoch pace even where the cap stops a run.
 G=  # the CPU has no CUDA graphs; on the GPU only once the graphed Trainer passed its tests and ran in the bench
 if [ -z "${DRY:-}" ] && [ "$PT_RC" = 0 ] && grep -q "train.cuda_graph :" "$R/bench/trainer.txt"; then G=--cuda-graph; fi

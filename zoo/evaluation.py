@@ -18,10 +18,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import sys
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,6 +33,7 @@ from tqdm.auto import tqdm
 
 from zoo.common.config import check
 from zoo.common.data import is_binary, is_image, load_dataset, protocol, to_unit
+from zoo.common.graphed_net import graphed_network
 from zoo.common.metrics import agreement, floor_and_ceiling, nats_to_bpd, sample_metrics, sliced_wasserstein
 from zoo.common.utils import module_device
 
@@ -123,13 +126,32 @@ class Samples:
         return self.seconds * 1000 / len(self.x)
 
 
+_GRAPH_SAMPLING: ContextVar[bool] = ContextVar("zoo_graph_sampling", default=False)
+
+
+@contextlib.contextmanager
+def graph_sampling(enabled: bool = True):
+    """Within the block, ``draw`` runs each model's network as CUDA graphs unless told otherwise
+    (``zoo run NAME --cuda-graph``: how a run executes, like train.cuda_graph)."""
+    token = _GRAPH_SAMPLING.set(enabled)
+    try:
+        yield
+    finally:
+        _GRAPH_SAMPLING.reset(token)
+
+
 @torch.no_grad()
 def draw(model: nn.Module, n: int, chunk: int = 500, generator: torch.Generator | None = None,
-         x_T: torch.Tensor | None = None, progress: bool | None = None, **kw) -> Samples:
+         x_T: torch.Tensor | None = None, progress: bool | None = None, cuda_graph: bool | None = None,
+         **kw) -> Samples:
     """n samples through ``model.sample``, `chunk` at a time (slices of `x_T` where given), timed and
-    counted; `progress` the bar's rule (``Progress``)."""
+    counted; `progress` the bar's rule (``Progress``). `cuda_graph`: the formulation's network captured
+    as CUDA graphs and replayed at every step (``zoo.common.graphed_net``; the capture counts in the
+    time); None follows ``graph_sampling``."""
     device, outs = module_device(model), []
-    with Progress(model, f"sampling {n}", n, progress) as counter:
+    graph = _GRAPH_SAMPLING.get() if cuda_graph is None else cuda_graph
+    with graphed_network(model, device) if graph else contextlib.nullcontext(), \
+            Progress(model, f"sampling {n}", n, progress) as counter:
         _sync(device)
         t0 = time.perf_counter()
         for i in range(0, n, chunk):

@@ -11,6 +11,7 @@ from torch import nn
 from zoo.bench.timing import best_time, param_count, sync, zoo_unet
 from zoo.common import trainer
 from zoo.common.config import UsageError
+from zoo.common.graphed_net import graphed_network, warm_and_capture
 from zoo.common.trainer import optimiser_kernels
 
 # compile-graphs: torch.compile(mode="reduce-overhead"), CUDA graphs for the forward and backward (the
@@ -67,46 +68,7 @@ def graphed(step, optimizer: torch.optim.Optimizer, device: torch.device, warmup
     """
     if not trainer.GRAPHS.supports(device):
         raise UsageError("a CUDA graph needs --device cuda")
-    return _warm_and_capture(step, device, warmup, reset=lambda: optimizer.zero_grad(set_to_none=True))[0]
-
-
-def _warm_and_capture(fn, device: torch.device, warmup: int, reset=lambda: None):
-    """(replay, fn's outputs): `warmup` eager calls of fn on a side stream, then fn captured; `reset()`
-    before each. The capture is the Trainer's (`GRAPHS` in zoo/common/trainer.py, which train.cuda_graph
-    uses; the tests put a CPU emulation there)."""
-    with trainer.GRAPHS.side_stream(device):
-        for _ in range(warmup):
-            reset()
-            fn()
-    reset()
-    return trainer.GRAPHS.capture(fn, device)
-
-
-class GraphedNet(nn.Module):
-    """Inference only: `net`'s forward captured once per input signature (shapes, dtypes, which
-    arguments are None) as a CUDA graph and replayed on static copies of the inputs; the output is a
-    clone, so a caller may keep it across calls. The sampler loop calls the same network T times, so
-    this is the sampler's launch overhead taken out without a compile (the capture is the Trainer's
-    `GRAPHS`, one eager warm-up call first)."""
-
-    def __init__(self, net: nn.Module, device: torch.device):
-        super().__init__()
-        self.net, self.device = net, device
-        self.graphs: dict = {}
-
-    @torch.no_grad()
-    def forward(self, *args):
-        key = tuple((tuple(a.shape), a.dtype) if torch.is_tensor(a) else a for a in args)
-        if key not in self.graphs:
-            static = [a.clone() if torch.is_tensor(a) else a for a in args]
-            replay, out = _warm_and_capture(lambda: self.net(*static), self.device, warmup=1)
-            self.graphs[key] = (static, replay, out)
-        static, replay, out = self.graphs[key]
-        for s, a in zip(static, args):
-            if torch.is_tensor(a):
-                s.copy_(a)
-        replay()
-        return out.clone()
+    return warm_and_capture(step, device, warmup, reset=lambda: optimizer.zero_grad(set_to_none=True))[0]
 
 
 def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: int, repeats: int,
@@ -241,13 +203,12 @@ def sampler_variants(T: int = 1000, ddim_steps: int = 50, batch_size: int = 1000
         for sched, nfe in ((DDIMScheduler(**kw), ddim_steps), (DDPMScheduler(**kw), T)):
             s = timed(lambda: run_peer(sched, nfe))
             add({"impl": "diffusers", "sampler": f"{type(sched).__name__}-{nfe}", "seconds": s, "nfe": nfe})
-    eager_net = model.net
     if cuda_graph if cuda_graph is not None else dev.type == "cuda":
-        model.net = GraphedNet(eager_net, dev)
-        for sampler, nfe in (("ddim", ddim_steps), ("ddpm", T)):
-            s = timed(lambda: model.sample(batch_size, sampler=sampler, steps=nfe, x_T=x))
-            add({"impl": "zoo, net as a CUDA graph", "sampler": f"{sampler.upper()}-{nfe}", "seconds": s, "nfe": nfe})
-        model.net = eager_net
+        with graphed_network(model, dev):
+            for sampler, nfe in (("ddim", ddim_steps), ("ddpm", T)):
+                s = timed(lambda: model.sample(batch_size, sampler=sampler, steps=nfe, x_T=x))
+                add({"impl": "zoo, net as a CUDA graph", "sampler": f"{sampler.upper()}-{nfe}", "seconds": s,
+                     "nfe": nfe})
     if compile_mode:
         model.net = torch.compile(model.net, mode=compile_mode)
         for sampler, nfe in (("ddim", ddim_steps), ("ddpm", T)):

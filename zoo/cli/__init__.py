@@ -68,7 +68,8 @@ def list_cmd() -> None:
                    "not trained again (same experiment, config and seed).")
 @click.option("--cuda-graph", is_flag=True,
               help="Capture each model's training step as one CUDA graph after three eager steps "
-                   "(train.cuda_graph for every model; --device cuda, Adam).")
+                   "(train.cuda_graph for every model; --device cuda, Adam), and sample with each "
+                   "model's network as CUDA graphs.")
 def run_cmd(name, preset, out_dir, device, seed, overrides, config_path, resume, cuda_graph) -> None:
     """Run the experiment NAME and write its run directory (config, metrics, figures, report)."""
     from experiments.registry import load_json, run_experiment
