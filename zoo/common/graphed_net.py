@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from zoo.common import trainer
 from zoo.common.config import UsageError
@@ -37,11 +37,11 @@ def _signature(value: Any) -> Any:
 
 
 class GraphedNet(nn.Module):
-    """Inference only: `net`'s forward captured once per input signature (the shapes, dtypes and devices
-    of its tensor arguments, the values of the others, None included) after one eager warm-up call, and
-    replayed on static copies of the inputs. Outputs (a tensor, or a tuple or dict of them) are cloned,
-    so a caller may keep them across calls. A new batch size is a new capture: a sampler's last, smaller
-    chunk costs one more."""
+    """Inference only: `net`'s forward captured once per input signature (the structure of its
+    arguments, keyword names included; the shapes, dtypes and devices of its tensors; the values of the
+    rest, None included) after one eager warm-up call, and replayed on static copies of the inputs.
+    Outputs (a tensor, or a tuple or dict of them) are cloned, so a caller may keep them across calls.
+    A new batch size is a new capture: a sampler's last, smaller chunk costs one more."""
 
     def __init__(self, net: nn.Module, device: torch.device):
         super().__init__()
@@ -52,13 +52,16 @@ class GraphedNet(nn.Module):
 
     @torch.no_grad()
     def forward(self, *args, **kwargs):
-        key = (tuple(_signature(a) for a in args), tuple((k, _signature(v)) for k, v in sorted(kwargs.items())))
+        inputs = (args, dict(sorted(kwargs.items())))  # keywords in one order, whatever the caller's
+        leaves, spec = tree_flatten(inputs)
+        key = (repr(spec), tuple(_signature(a) for a in leaves))
         if key not in self.graphs:
-            static = tree_map(lambda a: a.clone() if torch.is_tensor(a) else a, (args, kwargs))
-            replay, out = warm_and_capture(lambda: self.net(*static[0], **static[1]), self.device, warmup=1)
+            static = [a.clone() if torch.is_tensor(a) else a for a in leaves]
+            call_args, call_kwargs = tree_unflatten(static, spec)
+            replay, out = warm_and_capture(lambda: self.net(*call_args, **call_kwargs), self.device, warmup=1)
             self.graphs[key] = (static, replay, out)
         static, replay, out = self.graphs[key]
-        for s, a in zip(tree_leaves(static), tree_leaves((args, kwargs))):
+        for s, a in zip(static, leaves):
             if torch.is_tensor(a):
                 s.copy_(a)
         replay()

@@ -98,8 +98,9 @@ class TrainConfig:
 def optimiser_kernels(device: torch.device) -> dict[str, bool]:
     """Which of torch's optimiser implementations runs on `device`: the fused kernels on CUDA (the whole
     update in one launch for all parameters, where the per-tensor loop costs a launch per op); the
-    foreach form elsewhere, whose multi-tensor ops give bit-for-bit the per-tensor default's update
-    (tests/test_trainer.py checks it, so committed CPU results rerun identically) at ~1.6x its speed
+    foreach form elsewhere: on the CPU its multi-tensor ops loop over the same per-tensor kernels in C++,
+    so the update is the per-tensor default's bit for bit (tests/test_trainer.py checks it, so
+    committed CPU results rerun identically) at ~1.7x its speed
     (`zoo bench profile`). The fused CPU Adam is faster still but rounds differently, so it would
     change every CPU run's numbers."""
     return {"fused": True} if device.type == "cuda" else {"foreach": True}

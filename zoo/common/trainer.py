@@ -480,10 +480,17 @@ class CudaGraphs:
 
 
 class _SideStream:
-    """Context: work on one stream of its own that waits for the current one, and the current one for it."""
+    """Context: work on the device's side stream that waits for the current one, and the current one for
+    it. One side stream per device for the process: cuBLAS keeps a workspace (~32 MiB) per stream it
+    has run on, so a new stream per capture (every chunk size a sampler graphs) would pile them up."""
+
+    streams: dict[torch.device, torch.cuda.Stream] = {}
 
     def __init__(self, device: torch.device):
-        self.device, self.stream = device, torch.cuda.Stream(device)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device.index is None else device
+        if self.device not in self.streams:
+            self.streams[self.device] = torch.cuda.Stream(self.device)
+        self.stream = self.streams[self.device]
 
     def __enter__(self):
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
