@@ -464,6 +464,12 @@ class CudaGraphs:
         is ended and the stream restored before fn's own error is raised, so the process stays usable."""
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.device(device):
+            # The capture puts the device's default generator in capture mode, and only a capture that
+            # ends cleanly takes it out: after a failed one every eager random draw in the process
+            # raised "Offset increment outside graph capture" (H200, 2026-11-28). So a copy of its state
+            # from before is put back on failure.
+            generator = torch.cuda.default_generators[torch.cuda.current_device()]
+            before = generator.clone_state()
             capturing = torch.cuda.graph(graph)
             capturing.__enter__()
             try:
@@ -474,6 +480,7 @@ class CudaGraphs:
                 except RuntimeError:
                     pass
                 capturing.stream_ctx.__exit__(None, None, None)
+                generator.graphsafe_set_state(before)
                 raise
             capturing.__exit__(None, None, None)
         return graph.replay, out

@@ -92,13 +92,14 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of `rng_state`."""
-    torch.set_rng_state(state["torch"])
+    """Inverse of `rng_state`. The states may come back on another device (a checkpoint loaded with
+    map_location="cuda" moves them there): torch takes them as CPU byte tensors only."""
+    torch.set_rng_state(state["torch"].cpu())
     pos, has_gauss, cached = state["numpy_rest"]
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    np.random.set_state(("MT19937", state["numpy_keys"].cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(_tuplify(state["python"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def _listify(obj):
