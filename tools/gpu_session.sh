@@ -12,14 +12,15 @@
 #   mkdir -p .zoodata && gzip -c ~/.cache/zoo/mnist.npz > .zoodata/mnist.npz.gz \
 #     && cp -r ~/.cache/zoo/classifier_stats .zoodata/
 #   pip download --no-deps -d .whl diffusers==0.42.1 importlib_metadata
-# Everything lands in OUT/session/ (checkpoints removed at the end) and OUT/session.log.
+# Everything lands in OUT/results.tar.gz (checkpoints left out) and OUT/session.log; the benchmarks and
+# tests also in OUT/bench.tar.gz as soon as they are done, so a run cut short still brings them back.
 set -u
 OUT=${1:?usage: gpu_session.sh OUT [BUDGET]}
 BUDGET=${2:-570}
 T0=$(date +%s)
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
-R=$OUT/session  # under OUT as they are made: a run cut short still brings back what it wrote
-rm -rf "$R"; mkdir -p "$R/bench" "$R/paper"
+R=/tmp/gpu-session  # packed into OUT: the device tool brings back only a few files per run
+rm -rf "$R"; mkdir -p "$R/bench" "$R/paper" "$OUT"
 LOG="$OUT/session.log"
 say() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$LOG"; }
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONPATH=$PWD
@@ -71,6 +72,8 @@ fi
 bench profile 40 profile --device $DEV --channels $SMALL --batch-size $BS --steps 10 --trace "$R/bench/trace.json" \
   --json "$R/bench/profile.json"
 
+tar czf "$OUT/bench.tar.gz" --exclude=trace.json -C "$R" bench $(cd "$R" && ls pytest-*.log 2>/dev/null)
+
 # 2. Paper presets and the smoke check side by side, each stopped 30 s before the budget ends.
 CAP=$(( $(left) - 30 ))
 preset() { local name=$1; shift; if [ -n "${DRY:-}" ]; then set --; fi  # a dry run: the smoke preset as it is
@@ -97,4 +100,5 @@ preset ode-samplers
     say "pytest -k cuda rc=$?: $(tail -n 1 "$R/pytest-cuda.log")"; fi ) &
 wait
 rm -f "$R"/paper/*/*.ckpt "$R"/smoke/*/*.ckpt
-say "done: $(du -sh "$R" | cut -f1) in $R"
+tar czf "$OUT/results.tar.gz" -C "$R" .
+say "done: $(du -sh "$OUT/results.tar.gz" | cut -f1)"
