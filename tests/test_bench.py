@@ -193,19 +193,24 @@ def test_cli_sets_threads_before_torch():
     assert "threads 1 PASSIVE" in out
 
 
-def test_bench_profile(capsys, tmp_path):
-    """The profile's shares add up, its FLOPs scale with the batch (every layer is per-image), and the
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_bench_profile(capsys, tmp_path, device):
+    """The profile's shares add up, every phase took host time (on CUDA the GPU's annotation entries once
+    hid forward and backward), its FLOPs scale with the batch (every layer is per-image), and the
     trace is a Chrome trace."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
     results = []
     for batch in (2, 4):
         out = run_zoo(capsys, "bench", "profile", "--channels", "8,16", "--batch-size", str(batch), "--steps", "2",
-                      "--repeats", "1", "--json", str(tmp_path / f"p{batch}.json"), "--trace", str(tmp_path / "t.json"))
+                      "--repeats", "1", "--device", device, "--json", str(tmp_path / f"p{batch}.json"),
+                      "--trace", str(tmp_path / "t.json"))
         results.append(json.loads((tmp_path / f"p{batch}.json").read_text())[0])
     small, big = results
     assert sum(big["host_shares"].values()) == pytest.approx(1.0) and big["host_shares"]["convolution"] > 0
     assert set(big["host_phases"]) == {"forward", "backward", "optimiser"}
     assert set(big["adam_step_ms"]) == {"fused", "foreach", "per-tensor"} and min(big["adam_step_ms"].values()) > 0
-    assert sum(big["host_phases"].values()) == pytest.approx(1.0)
+    assert sum(big["host_phases"].values()) == pytest.approx(1.0) and min(big["host_phases"].values()) > 0
     assert big["gflop_per_step"] == pytest.approx(2 * small["gflop_per_step"], rel=1e-9) and small["gflop_per_step"] > 0
     assert 0 < big["of_peak"] and big["top_ops"] and "of this machine's fp32 matmul" in out
     assert "traceEvents" in json.loads((tmp_path / "t.json").read_text())

@@ -37,6 +37,7 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     (forward, backward, optimiser) and per operator category, and on CUDA the kernels per step and the fraction of the wall the GPU is busy
     (low: launch-bound, the host is the limit). `trace`: also write a Chrome trace (chrome://tracing,
     Perfetto)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -84,7 +85,14 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     shares: dict[str, float] = {cat: 0.0 for cat, _ in PROFILE_CATEGORIES}
     for e in events:
         shares[_category(e.key)] += e.self_cpu_time_total / host
-    marks = {e.key.removeprefix("zoo::"): e.cpu_time_total for e in averages if e.key.startswith("zoo::")}
+    # Host time of each labelled phase. On CUDA each label also has a GPU annotation entry (the averages
+    # group by device) with no CPU time, which overwrote the host entry: forward 0%, backward 0% on the
+    # H200 (2026-11-28). Only the CPU entries count.
+    marks: dict[str, float] = {}
+    for e in averages:
+        if e.key.startswith("zoo::") and e.device_type == DeviceType.CPU:
+            name = e.key.removeprefix("zoo::")
+            marks[name] = marks.get(name, 0.0) + e.cpu_time_total
     phases = {k: v / (sum(marks.values()) or 1.0) for k, v in marks.items()}
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     out = {"device": device, "channels": tuple(channels), "batch_size": batch_size, "steps": steps,
