@@ -52,13 +52,15 @@ if [ -n "${SHORT:-}" ]; then SMALL_V=eager,channels-last,${GRAPH%,}; BIG_V=eager
 else SMALL_V=eager,channels-last,${GRAPH}compile-graphs; BIG_V=eager,eager-bf16,${GRAPH%,}; CM=reduce-overhead
   CAPS="110 45 95 45"; fi
 read -r CAP_S CAP_B CAP_SAMPLE CAP_T <<< "$CAPS"
+# 60 Trainer steps were 0.9 s on the H200 (2026-11-28), short enough for a sync or two to weigh: 200.
+TSTEPS=200; if [ -n "${DRY:-}" ]; then TSTEPS=60; fi
 bench unet-small $CAP_S unet --device $DEV --channels $SMALL --batch-size $BS \
   --variants ${SMALL_V%,} --json "$R/bench/unet-small.json"
 bench unet-big $CAP_B unet --device $DEV --channels $BIG --batch-size $BS --variants ${BIG_V%,} \
   --json "$R/bench/unet-big.json"
 bench sampling $CAP_SAMPLE sampling --device $DEV --channels $SMALL --T $T --ddim-steps $DS --batch-size $SB --repeats 1 \
   --compile-mode $CM --json "$R/bench/sampling.json"
-bench trainer $CAP_T trainer --device $DEV --batch-size $BS --steps 60 --repeats 2
+bench trainer $CAP_T trainer --device $DEV --batch-size $BS --steps $TSTEPS --repeats 2
 # The CUDA graph tests with real graphs (the graphed Trainer against the eager one, its guard, resumes,
 # every formulation trained and sampled, the bench's capture) before any preset relies on them; SIGINT on the cap, so that
 # pytest still prints its summary, and only a clean pass (rc 0) opens the presets' --cuda-graph.
