@@ -216,6 +216,25 @@ def test_bench_profile(capsys, tmp_path, device):
     assert "traceEvents" in json.loads((tmp_path / "t.json").read_text())
 
 
+def test_bench_profile_of_the_graphed_step(graphs, capsys):
+    """`zoo bench profile --cuda-graph`: the step captured as the cuda-graph variant runs it and profiled
+    as replays (no host phases: a replay has no labelled ranges); on the CPU the flag is a one-line
+    usage error before any output."""
+    from zoo.bench import profile_step
+
+    r = profile_step((8, 16), batch_size=2, steps=2, device=graphs.type, repeats=1, cuda_graph=True)
+    assert r["cuda_graph"] and r["step_ms"] > 0 and r["host_phases"] == {} and r["gflop_per_step"] > 0
+    if graphs.type == "cuda":  # whether the profiler sees a replay's kernels is what the GPU run reports
+        assert "top_kernels" in r and r["kernels_per_step"] >= 0
+    else:  # the emulated replay reruns the recorded aten ops
+        assert r["aten_calls_per_step"] > 100
+        with pytest.raises(SystemExit) as e:
+            from zoo.cli import main
+            main(["bench", "profile", "--cuda-graph", "--channels", "8,16"])
+        err = capsys.readouterr()
+        assert e.value.code == 2 and "--cuda-graph needs --device cuda" in err.err and err.out == ""
+
+
 def test_profile_categories():
     from zoo.bench import _category
 

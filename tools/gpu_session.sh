@@ -73,6 +73,13 @@ if [ -z "${DRY:-}" ]; then
 fi
 bench profile 40 profile --device $DEV --channels $SMALL --batch-size $BS --steps 10 --trace "$R/bench/trace.json" \
   --json "$R/bench/profile.json"
+# Where the GPU's time goes once the whole step is one graph (the >= 4x target's bound), both paper U-Nets.
+if [ -z "${DRY:-}" ]; then
+  bench profile-graph-small 35 profile --device $DEV --channels $SMALL --batch-size $BS --steps 10 --cuda-graph \
+    --json "$R/bench/profile-graph-small.json"
+  bench profile-graph-big 35 profile --device $DEV --channels $BIG --batch-size $BS --steps 10 --cuda-graph \
+    --json "$R/bench/profile-graph-big.json"
+fi
 
 tar czf "$OUT/bench.tar.gz" --exclude=trace.json -C "$R" bench $(cd "$R" && ls pytest-*.log 2>/dev/null)
 

@@ -27,7 +27,7 @@ def _matmul_rate(device: torch.device, n: int, repeats: int) -> float:
 
 
 def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10, device: str = "cpu",
-                 repeats: int = 2, trace: str | None = None, top: int = 12) -> dict:
+                 repeats: int = 2, trace: str | None = None, top: int = 12, cuda_graph: bool = False) -> dict:
     """Where one training step of the Gaussian U-Net (eps, simple loss, Adam) spends its time.
 
     Measures, in one run: the step's wall time (best of `repeats`, unprofiled); its FLOPs, forward and
@@ -35,19 +35,27 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     says how close to compute-bound the step is; the Adam step alone in each of torch's implementations
     (fused, foreach, per-tensor); and a torch.profiler profile of `steps` steps: host time per phase
     (forward, backward, optimiser) and per operator category, and on CUDA the kernels per step and the fraction of the wall the GPU is busy
-    (low: launch-bound, the host is the limit). `trace`: also write a Chrome trace (chrome://tracing,
-    Perfetto)."""
+    (low: launch-bound, the host is the limit), with the kernels that take the most GPU time. `trace`:
+    also write a Chrome trace (chrome://tracing, Perfetto). `cuda_graph`: time and profile the step as
+    `zoo bench unet`'s cuda-graph variant runs it (channels_last, capturable Adam, the whole step
+    replayed as one CUDA graph): the host phases are then empty, and the kernel table says where the
+    GPU's time goes once the host is out of the loop."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
     from torch.utils.flop_counter import FlopCounterMode
 
     from zoo.common.trainer import _LossModule
 
+    from zoo.bench.unet import graphed
+
     dev = torch.device(device)
     torch.manual_seed(0)
     model = zoo_unet(channels, dev)
+    if cuda_graph:
+        model.to(memory_format=torch.channels_last)  # as the cuda-graph variant and the Trainer on CUDA
     step_fn = _LossModule(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, **optimiser_kernels(dev))
+    kernels = {"fused": True} if cuda_graph else optimiser_kernels(dev)  # a graph replays the fused Adam
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=cuda_graph, **kernels)
     x = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
 
     def one() -> None:  # its three phases labelled for the profile (free when no profiler runs)
@@ -63,12 +71,18 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
         o = torch.optim.Adam(model.parameters(), lr=1e-4, **kw)
         return best_time(o.step, dev, repeats, n_calls=10)
 
-    step_s = best_time(one, dev, repeats, n_calls=steps)
     opt.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:
         step_fn((x,))["loss"].backward()  # the gradients stay for the optimiser timing
     flops = counter.get_total_flops()
     adam = {"fused": adam_step_s(fused=True), "foreach": adam_step_s(foreach=True), "per-tensor": adam_step_s(foreach=False)}
+    if cuda_graph:  # the same three phases, captured once (after three eager steps) and replayed
+        def raw() -> None:
+            step_fn((x,))["loss"].backward()
+            opt.step()
+
+        one = graphed(raw, opt, dev)
+    step_s = best_time(one, dev, repeats, n_calls=steps)
     peak = _matmul_rate(dev, 4096 if dev.type == "cuda" else 1024, repeats)
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
@@ -95,7 +109,8 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
             marks[name] = marks.get(name, 0.0) + e.cpu_time_total
     phases = {k: v / (sum(marks.values()) or 1.0) for k, v in marks.items()}
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    out = {"device": device, "channels": tuple(channels), "batch_size": batch_size, "steps": steps,
+    out = {"device": device, "cuda_graph": cuda_graph, "channels": tuple(channels), "batch_size": batch_size,
+           "steps": steps,
            "params": param_count(model.net), "step_ms": 1e3 * step_s, "img_per_s": batch_size / step_s,
            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9, "matmul_gflops": peak / 1e9,
            "of_peak": flops / step_s / peak, "adam_step_ms": {k: 1e3 * v for k, v in adam.items()},
@@ -108,4 +123,8 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
         busy_us = sum(e.time_range.elapsed_us() for e in kernels)
         wall_us = (max(e.time_range.end for e in prof.events()) - min(e.time_range.start for e in prof.events()))
         out.update(kernels_per_step=len(kernels) / steps, gpu_busy=busy_us / max(wall_us, 1))
+        gpu = sorted((e for e in averages if e.device_type == DeviceType.CUDA),
+                     key=lambda e: e.self_device_time_total, reverse=True)[:top]
+        out["top_kernels"] = [{"kernel": e.key, "calls_per_step": e.count / steps,
+                               "ms_per_step": e.self_device_time_total / 1e3 / steps} for e in gpu]
     return out

@@ -161,16 +161,24 @@ def bench_sampling(channels, T, ddim_steps, batch_size, device, repeats, compile
 @_unet_step_options(10, "Steps profiled (and per timed block).")
 @click.option("--trace", "trace_path", default=None, help="Also write a Chrome trace (chrome://tracing, Perfetto).")
 @click.option("--json", "json_path", default=None, help="Also write the result to this JSON file.")
-def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json_path) -> None:
+@click.option("--cuda-graph", is_flag=True,
+              help="Profile the whole step replayed as one CUDA graph (the cuda-graph variant of `zoo bench unet`; "
+                   "CUDA only): where the GPU's time goes once the host is out of the loop.")
+def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json_path, cuda_graph) -> None:
     """Where a training step's time goes: achieved FLOP/s against the machine's matmul rate, host time
-    per operator category, the top operators and, on CUDA, kernels per step and GPU busy fraction."""
+    per operator category, the top operators and, on CUDA, kernels per step, GPU busy fraction and the
+    kernels that take the most GPU time."""
     from zoo.bench import profile_step
+    from zoo.common.config import UsageError
 
     check_device(device)
+    if cuda_graph and device != "cuda":
+        raise UsageError("--cuda-graph needs --device cuda")
     if trace_path:
         Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
-    r = profile_step(_channels(channels), batch_size, steps, device, repeats, trace_path)
-    click.echo(f"U-Net {r['channels']} ({r['params']} params), batch {batch_size}, {device}: {r['step_ms']:.1f} ms "
+    r = profile_step(_channels(channels), batch_size, steps, device, repeats, trace_path, cuda_graph=cuda_graph)
+    click.echo(f"U-Net {r['channels']} ({r['params']} params), batch {batch_size}, {device}"
+               f"{', whole step as one CUDA graph' if cuda_graph else ''}: {r['step_ms']:.1f} ms "
                f"per step, {r['img_per_s']:.0f} img/s")
     click.echo(f"compute   : {r['gflop_per_step']:.2f} GFLOP per step (forward + backward) -> "
                f"{r['achieved_gflops']:.1f} GFLOP/s = {r['of_peak']:.1%} of this machine's fp32 matmul "
@@ -183,12 +191,17 @@ def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json
                f"({adam['per-tensor'] / adam['foreach']:.1f}x), {adam['fused']:.2f} ms fused "
                f"({adam['per-tensor'] / adam['fused']:.1f}x); the Trainer runs foreach on the CPU (bit-identical "
                f"to per tensor), fused on CUDA")
-    click.echo("phases    : " + ", ".join(f"{k} {v:.0%}" for k, v in r["host_phases"].items()) + " of the host time")
+    if r["host_phases"]:  # (a graph replay has none)
+        click.echo("phases    : " + ", ".join(f"{k} {v:.0%}" for k, v in r["host_phases"].items()) + " of the host time")
     click.echo(f"host      : {r['aten_calls_per_step']:.0f} aten calls per step; self time by category: "
                + ", ".join(f"{k} {v:.0%}" for k, v in r["host_shares"].items()))
     click.echo(f"{'top operators (self time)':44s} {'calls/step':>10s} {'ms/step':>8s}")
     for o in r["top_ops"]:
         click.echo(f"{o['op'][:44]:44s} {o['calls_per_step']:10.1f} {o['self_ms_per_step']:8.2f}")
+    if r.get("top_kernels"):
+        click.echo(f"{'top GPU kernels (device time)':64s} {'calls/step':>10s} {'ms/step':>8s}")
+        for k in r["top_kernels"]:
+            click.echo(f"{k['kernel'][:64]:64s} {k['calls_per_step']:10.1f} {k['ms_per_step']:8.3f}")
     _write_json(json_path, [r])
 
 
