@@ -253,7 +253,7 @@ def test_cpu_foreach_optimiser_is_bit_identical_to_per_tensor(optimizer, weight_
     cfg = _cfg(epochs=2, batch_size=16, optimizer=optimizer, weight_decay=weight_decay, warmup_steps=3)
     runs = []
     for kernels in ({"foreach": True}, {"foreach": False}):
-        monkeypatch.setattr(trainer_mod, "optimiser_kernels", lambda device, k=kernels: k)
+        monkeypatch.setattr(trainer_mod, "optimiser_kernels", lambda device, cuda_graph=False, k=kernels: k)
         torch.manual_seed(0)
         model = GaussianDiffusion(Config(data="mnist-grey", arch="unet", channels=(8, 16), T=100))
         tr = Trainer(model, (x,), cfg)

@@ -34,8 +34,9 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     backward (torch.utils.flop_counter); the machine's dense fp32 matmul rate, so that achieved/peak
     says how close to compute-bound the step is; the Adam step alone in each of torch's implementations
     (fused, foreach, per-tensor); and a torch.profiler profile of `steps` steps: host time per phase
-    (forward, backward, optimiser) and per operator category, and on CUDA the kernels per step and the fraction of the wall the GPU is busy
-    (low: launch-bound, the host is the limit), with the kernels that take the most GPU time. `trace`:
+    (forward, backward, optimiser) and per operator category, and on CUDA the kernels per step, the
+    fraction of the wall the GPU is busy (low: launch-bound, the host is the limit) and the kernels that
+    take the most GPU time. `trace`:
     also write a Chrome trace (chrome://tracing, Perfetto). `cuda_graph`: time and profile the step as
     `zoo bench unet`'s cuda-graph variant runs it (channels_last, capturable Adam, the whole step
     replayed as one CUDA graph): the host phases are then empty, and the kernel table says where the
@@ -44,9 +45,8 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     from torch.profiler import ProfilerActivity, profile, record_function
     from torch.utils.flop_counter import FlopCounterMode
 
-    from zoo.common.trainer import _LossModule
-
     from zoo.bench.unet import graphed
+    from zoo.common.trainer import _LossModule
 
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -54,8 +54,7 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     if cuda_graph:
         model.to(memory_format=torch.channels_last)  # as the cuda-graph variant and the Trainer on CUDA
     step_fn = _LossModule(model)
-    kernels = {"fused": True} if cuda_graph else optimiser_kernels(dev)  # a graph replays the fused Adam
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=cuda_graph, **kernels)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=cuda_graph, **optimiser_kernels(dev, cuda_graph))
     x = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
 
     def one() -> None:  # its three phases labelled for the profile (free when no profiler runs)
@@ -75,7 +74,8 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     with FlopCounterMode(display=False) as counter:
         step_fn((x,))["loss"].backward()  # the gradients stay for the optimiser timing
     flops = counter.get_total_flops()
-    adam = {"fused": adam_step_s(fused=True), "foreach": adam_step_s(foreach=True), "per-tensor": adam_step_s(foreach=False)}
+    adam = {"fused": adam_step_s(fused=True), "foreach": adam_step_s(foreach=True),
+            "per-tensor": adam_step_s(foreach=False)}
     if cuda_graph:  # the same three phases, captured once (after three eager steps) and replayed
         def raw() -> None:
             step_fn((x,))["loss"].backward()

@@ -82,8 +82,7 @@ def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: i
     if channels_last:
         model.to(memory_format=torch.channels_last)
     step_fn = torch.compile(_LossModule(model), mode=compile_mode) if compile_mode else _LossModule(model)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=cuda_graph,
-                           **optimiser_kernels(device))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=cuda_graph, **optimiser_kernels(device, cuda_graph))
     x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
 
     def fwd_bwd_adam() -> None:

@@ -95,15 +95,15 @@ class TrainConfig:
         return self.epochs * steps_per_epoch if self.steps is None else self.steps
 
 
-def optimiser_kernels(device: torch.device) -> dict[str, bool]:
+def optimiser_kernels(device: torch.device, cuda_graph: bool = False) -> dict[str, bool]:
     """Which of torch's optimiser implementations runs on `device`: the fused kernels on CUDA (the whole
-    update in one launch for all parameters, where the per-tensor loop costs a launch per op); the
-    foreach form elsewhere: on the CPU its multi-tensor ops loop over the same per-tensor kernels in C++,
-    so the update is the per-tensor default's bit for bit (tests/test_trainer.py checks it, so
-    committed CPU results rerun identically) at ~1.7x its speed
-    (`zoo bench profile`). The fused CPU Adam is faster still but rounds differently, so it would
-    change every CPU run's numbers."""
-    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+    update in one launch for all parameters, where the per-tensor loop costs a launch per op) and for a
+    step captured as a graph (`cuda_graph`; the CPU emulation of the tests too); the foreach form
+    elsewhere: on the CPU its multi-tensor ops loop over the same per-tensor kernels in C++, so the
+    update is the per-tensor default's bit for bit (tests/test_trainer.py checks it, so committed CPU
+    results rerun identically) at ~1.7x its speed (`zoo bench profile`). The fused CPU Adam is faster
+    still but rounds differently, so it would change every CPU run's numbers."""
+    return {"fused": True} if device.type == "cuda" or cuda_graph else {"foreach": True}
 
 
 # capturable (adam, adamw): the step count on the device, as a CUDA graph needs (train.cuda_graph).

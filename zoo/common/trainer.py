@@ -103,8 +103,7 @@ class Trainer:
         self.steps_per_epoch = max(1, n // cfg.batch_size)  # drop the last partial batch
         self.total_steps = cfg.total_steps(self.steps_per_epoch)
         groups = model.param_groups(cfg.lr) if hasattr(model, "param_groups") else model.parameters()
-        kernels = {"fused": True} if cfg.cuda_graph else optimiser_kernels(self.device)  # a graph replays the fused Adam
-        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, kernels)
+        self.optimizer = OPTIMIZERS[cfg.optimizer](groups, cfg, optimiser_kernels(self.device, cfg.cuda_graph))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg, self.steps_per_epoch, cfg.schedule_steps(self.steps_per_epoch)))
         self._lr_tensors: list[torch.Tensor] | None = None
