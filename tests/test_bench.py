@@ -48,7 +48,8 @@ def test_cuda_only_variants_on_the_cpu(capsys):
         main(["bench", "unet", "--variants", "eager,cuda-graph", "--channels", "8,16", "--no-peer"])
     err = capsys.readouterr()
     assert e.value.code == 2 and "cuda-graph needs --device cuda" in err.err and err.out == ""
-    assert "cuda-graph on CUDA only" in " ".join(run_zoo(capsys, "bench", "unet", "--help").split())
+    help_text = " ".join(run_zoo(capsys, "bench", "unet", "--help").split()).replace("- ", "-")  # click's wraps
+    assert "cuda-graph, cuda-graph-nchw, cuda-graph-bf16 on CUDA only" in help_text
     if not torch.cuda.is_available():
         from zoo.bench import graphed
         from zoo.common.config import UsageError
@@ -88,6 +89,18 @@ def test_graphed_step_trains_as_the_eager_step(graphs):
         weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]).cpu())
     moved = (weights[0] - weights[1]).abs().max()
     assert moved < 1e-5, moved
+
+
+def test_every_graph_variant_of_the_bench_runs(graphs, tmp_path):
+    """The three whole-step graph variants (NHWC, NCHW, NHWC + bf16 autocast) each capture and replay the
+    paper step and report a rate; under the CPU emulation a host sync or an op the capture cannot hold
+    (autocast's weight cache, say) would fail here before a GPU window does."""
+    from zoo.bench import unet_training
+
+    names = ("cuda-graph", "cuda-graph-nchw", "cuda-graph-bf16")
+    rows = unet_training((8, 16), batch_size=2, steps=2, device=graphs.type, repeats=1, variants=names, peer=False)
+    assert [r["variant"] for r in rows] == list(names)
+    assert all(r["img_per_s"] > 0 and r["warmup_s"] > 0 for r in rows)
 
 
 def test_graphed_net_samples_as_the_eager_net(graphs):
@@ -224,6 +237,12 @@ def test_bench_profile_of_the_graphed_step(graphs, capsys):
 
     r = profile_step((8, 16), batch_size=2, steps=2, device=graphs.type, repeats=1, cuda_graph=True)
     assert r["cuda_graph"] and r["step_ms"] > 0 and r["host_phases"] == {} and r["gflop_per_step"] > 0
+    assert r["channels_last"] and not r["bf16"]  # as the cuda-graph variant
+    nchw_bf16 = profile_step((8, 16), batch_size=2, steps=2, device=graphs.type, repeats=1, cuda_graph=True,
+                             channels_last=False, bf16=True)  # the other two graph variants' levers
+    assert not nchw_bf16["channels_last"] and nchw_bf16["bf16"] and nchw_bf16["step_ms"] > 0
+    if graphs.type == "cpu":  # the emulated replay reruns the recorded aten ops, the autocast's casts among them
+        assert nchw_bf16["aten_calls_per_step"] > r["aten_calls_per_step"]
     if graphs.type == "cuda":  # whether the profiler sees a replay's kernels is what the GPU run reports
         assert "top_kernels" in r and r["kernels_per_step"] >= 0
     else:  # the emulated replay reruns the recorded aten ops
@@ -241,6 +260,35 @@ def test_profile_categories():
     assert [_category(n) for n in ("aten::convolution_backward", "aten::mkldnn_convolution", "aten::addmm",
                                     "aten::native_group_norm_backward", "aten::_foreach_add_", "aten::silu")] == \
         ["convolution", "convolution", "matmul", "normalisation", "optimiser", "elementwise and other"]
+
+
+def test_kernel_categories():
+    """GPU kernels by name, as the profiler reports cuDNN's, cuBLAS's and ATen's: the GroupNorm element-wise
+    pass is normalisation, a cast or layout change is a copy, cuDNN's implicit-GEMM convolutions are not
+    matmuls; the shares are of the summed device time."""
+    from zoo.bench import KERNEL_CATEGORIES, _category, _kernel_shares
+
+    names = {
+        "void at::native::(anonymous namespace)::RowwiseMomentsCUDAKernel<float>(long, float, float const*, "
+        "float*, float*)": "normalisation",
+        "void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::(anonymous "
+        "namespace)::GroupNormKernelImplInternal<float, float>(...)::{lambda(float, float, float)#1}>>": "normalisation",
+        "void cudnn::engines_precompiled::nchwToNhwcKernel<float, float, float, false, true>(...)": "copies (layout, dtype)",
+        "void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda(at::TensorIteratorBase&)"
+        "::{lambda(float)#1}>": "copies (layout, dtype)",
+        "sm90_xmma_fprop_implicit_gemm_tf32f32_tf32f32_f32_nhwckrsc_nhwc_tilesize128x128x32_cudnn": "convolution",
+        "sm80_xmma_wgrad_implicit_gemm_indexed_tf32f32_tf32f32_f32_nhwckrsc_nhwc": "convolution",
+        "ampere_sgemm_32x32_sliced1x4_nn": "matmul",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
+        "TensorListMetadata<4>, at::native::(anonymous namespace)::FusedAdamMathFunctor<float, 4>>": "optimiser",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t<float, "
+        "at::native::sum_functor<float, float, float>>>>": "reduction",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::silu_kernel(at::TensorIteratorBase&)>":
+            "elementwise and other",
+    }
+    assert {n: _category(n, KERNEL_CATEGORIES) for n in names} == names
+    shares = _kernel_shares([(n, us) for n, us in zip(names, range(1, len(names) + 1))])  # 55 us in all
+    assert shares["normalisation"] == pytest.approx(3 / 55) and sum(shares.values()) == pytest.approx(1.0)
 
 
 def test_op_counter_counts_kernels_not_views():

@@ -47,10 +47,13 @@ bench() { local name=$1 cap=$2; shift 2; say "bench $name (cap ${cap} s)"
 # (plain torch.compile was 1.07x on 2026-11-26; left out for time).
 # SHORT=1, for a window of under ~8 minutes: no compile (its ~55 s each; measured on 2026-11-26) and no
 # bf16, shorter caps, so that the presets keep ~3 minutes.
-if [ -n "${DRY:-}" ]; then GRAPH=; else GRAPH=cuda-graph,; fi
-if [ -n "${SHORT:-}" ]; then SMALL_V=eager,channels-last,${GRAPH%,}; BIG_V=eager,${GRAPH%,}; CM=none; CAPS="75 35 60 40"
+# The graph variants: NHWC (the Trainer's CUDA default), NCHW (CUDA's GroupNorm takes NCHW, so NHWC pays
+# layout copies around every norm) and bf16 autocast: the levers left once the graphed step is GPU-bound.
+# SHORT=1 also skips the sampling bench and the eager profile (both measured on 2026-11-28).
+if [ -n "${DRY:-}" ]; then GRAPH=; else GRAPH=cuda-graph,cuda-graph-nchw,cuda-graph-bf16,; fi
+if [ -n "${SHORT:-}" ]; then SMALL_V=eager,${GRAPH%,}; BIG_V=eager,${GRAPH%,}; CM=none; CAPS="80 50 60 40"
 else SMALL_V=eager,channels-last,${GRAPH}compile-graphs; BIG_V=eager,eager-bf16,${GRAPH%,}; CM=reduce-overhead
-  CAPS="110 45 95 45"; fi
+  CAPS="130 60 95 45"; fi
 read -r CAP_S CAP_B CAP_SAMPLE CAP_T <<< "$CAPS"
 # 60 Trainer steps were 0.9 s on the H200 (2026-11-28), short enough for a sync or two to weigh: 200.
 TSTEPS=200; if [ -n "${DRY:-}" ]; then TSTEPS=60; fi
@@ -58,8 +61,10 @@ bench unet-small $CAP_S unet --device $DEV --channels $SMALL --batch-size $BS \
   --variants ${SMALL_V%,} --json "$R/bench/unet-small.json"
 bench unet-big $CAP_B unet --device $DEV --channels $BIG --batch-size $BS --variants ${BIG_V%,} \
   --json "$R/bench/unet-big.json"
-bench sampling $CAP_SAMPLE sampling --device $DEV --channels $SMALL --T $T --ddim-steps $DS --batch-size $SB --repeats 1 \
-  --compile-mode $CM --json "$R/bench/sampling.json"
+if [ -z "${SHORT:-}" ] || [ -n "${DRY:-}" ]; then
+  bench sampling $CAP_SAMPLE sampling --device $DEV --channels $SMALL --T $T --ddim-steps $DS --batch-size $SB --repeats 1 \
+    --compile-mode $CM --json "$R/bench/sampling.json"
+fi
 bench trainer $CAP_T trainer --device $DEV --batch-size $BS --steps $TSTEPS --repeats 2
 # The CUDA graph tests with real graphs (the graphed Trainer against the eager one, its guard, resumes,
 # every formulation trained and sampled, the bench's capture) before any preset relies on them; SIGINT on the cap, so that
@@ -71,12 +76,17 @@ if [ -z "${DRY:-}" ]; then
   PT_RC=$?; say "CUDA graph tests rc=$PT_RC: $(tail -n 1 "$R/pytest-graph.log")"
   grep -E "^(FAILED|ERROR)" "$R/pytest-graph.log" | head -n 20 >> "$LOG"
 fi
-bench profile 40 profile --device $DEV --channels $SMALL --batch-size $BS --steps 10 --trace "$R/bench/trace.json" \
-  --json "$R/bench/profile.json"
-# Where the GPU's time goes once the whole step is one graph (the >= 4x target's bound), both paper U-Nets.
+if [ -z "${SHORT:-}" ] || [ -n "${DRY:-}" ]; then
+  bench profile 40 profile --device $DEV --channels $SMALL --batch-size $BS --steps 10 --trace "$R/bench/trace.json" \
+    --json "$R/bench/profile.json"
+fi
+# Where the GPU's time goes once the whole step is one graph (the >= 4x target's bound): both paper U-Nets
+# as the Trainer runs them (NHWC), and the small one NCHW, its GPU time by kernel category.
 if [ -z "${DRY:-}" ]; then
   bench profile-graph-small 35 profile --device $DEV --channels $SMALL --batch-size $BS --steps 10 --cuda-graph \
     --json "$R/bench/profile-graph-small.json"
+  bench profile-graph-small-nchw 35 profile --device $DEV --channels $SMALL --batch-size $BS --steps 10 --cuda-graph \
+    --nchw --json "$R/bench/profile-graph-small-nchw.json"
   bench profile-graph-big 35 profile --device $DEV --channels $BIG --batch-size $BS --steps 10 --cuda-graph \
     --json "$R/bench/profile-graph-big.json"
 fi

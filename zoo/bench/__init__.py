@@ -7,10 +7,11 @@ step's time goes), allocator.py (the host memory policy), timing.py (the shared 
 
 from zoo.bench.allocator import allocator_policies
 from zoo.bench.overhead import sampler_overhead, sampler_step_ops, trainer_overhead
-from zoo.bench.step_profile import PROFILE_CATEGORIES, _category, profile_step
+from zoo.bench.step_profile import KERNEL_CATEGORIES, PROFILE_CATEGORIES, _category, _kernel_shares, profile_step
 from zoo.bench.threads import thread_policies
 from zoo.bench.unet import COMPILE_MODES, CUDA_ONLY, UNET_VARIANTS, graphed, sampler_variants, unet_training
 
-__all__ = ["COMPILE_MODES", "CUDA_ONLY", "PROFILE_CATEGORIES", "UNET_VARIANTS", "_category", "allocator_policies",
+__all__ = ["COMPILE_MODES", "CUDA_ONLY", "KERNEL_CATEGORIES", "PROFILE_CATEGORIES", "UNET_VARIANTS", "_category", "_kernel_shares",
+           "allocator_policies",
            "graphed", "profile_step", "sampler_overhead", "sampler_step_ops", "sampler_variants", "thread_policies",
            "trainer_overhead", "unet_training"]

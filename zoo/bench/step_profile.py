@@ -15,9 +15,24 @@ PROFILE_CATEGORIES = (("convolution", ("conv",)), ("matmul", ("addmm", "aten::mm
                       ("elementwise and other", ("",)))
 
 
-def _category(name: str) -> str:
+# GPU kernel categories, matched in order on the lowercased kernel name (cuDNN's, cuBLAS's and ATen's
+# names as the profiler reports them): the GroupNorm kernels' element-wise passes carry "GroupNorm" in
+# their template arguments, a cast or a layout change is a copy kernel, cuDNN's convolutions are
+# implicit GEMMs (fprop, dgrad, wgrad), so they are matched before plain GEMMs.
+KERNEL_CATEGORIES = (("normalisation", ("groupnorm", "group_norm", "rowwisemoments", "computefusedparams",
+                                        "computeinternalgradients", "gammabeta", "layer_norm", "batch_norm")),
+                     ("copies (layout, dtype)", ("nchwtonhwc", "nhwctonchw", "direct_copy", "copy_kernel",
+                                                 "transpose")),
+                     ("convolution", ("conv", "fprop", "dgrad", "wgrad")),
+                     ("matmul", ("gemm", "gemv")),
+                     ("optimiser", ("multi_tensor_apply", "adam")),
+                     ("reduction", ("reduce_kernel",)),
+                     ("elementwise and other", ("",)))
+
+
+def _category(name: str, categories=PROFILE_CATEGORIES) -> str:
     low = name.lower()
-    return next(cat for cat, keys in PROFILE_CATEGORIES if any(k in low for k in keys))
+    return next(cat for cat, keys in categories if any(k in low for k in keys))
 
 
 def _matmul_rate(device: torch.device, n: int, repeats: int) -> float:
@@ -27,7 +42,8 @@ def _matmul_rate(device: torch.device, n: int, repeats: int) -> float:
 
 
 def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10, device: str = "cpu",
-                 repeats: int = 2, trace: str | None = None, top: int = 12, cuda_graph: bool = False) -> dict:
+                 repeats: int = 2, trace: str | None = None, top: int = 12, cuda_graph: bool = False,
+                 channels_last: bool | None = None, bf16: bool = False) -> dict:
     """Where one training step of the Gaussian U-Net (eps, simple loss, Adam) spends its time.
 
     Measures, in one run: the step's wall time (best of `repeats`, unprofiled); its FLOPs, forward and
@@ -40,7 +56,9 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     also write a Chrome trace (chrome://tracing, Perfetto). `cuda_graph`: time and profile the step as
     `zoo bench unet`'s cuda-graph variant runs it (channels_last, capturable Adam, the whole step
     replayed as one CUDA graph): the host phases are then empty, and the kernel table says where the
-    GPU's time goes once the host is out of the loop."""
+    GPU's time goes once the host is out of the loop. `channels_last`: NHWC weights (None: with
+    `cuda_graph`, as that variant); `bf16`: the forward under bf16 autocast (the cuda-graph-bf16
+    variant). On CUDA, `kernel_shares` sums the GPU time per KERNEL_CATEGORIES entry."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
     from torch.utils.flop_counter import FlopCounterMode
@@ -51,9 +69,14 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     dev = torch.device(device)
     torch.manual_seed(0)
     model = zoo_unet(channels, dev)
-    if cuda_graph:
+    if cuda_graph if channels_last is None else channels_last:
         model.to(memory_format=torch.channels_last)  # as the cuda-graph variant and the Trainer on CUDA
-    step_fn = _LossModule(model)
+    loss_module = _LossModule(model)
+
+    def step_fn(batch):
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not cuda_graph):
+            return loss_module(batch)
+
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=cuda_graph, **optimiser_kernels(dev, cuda_graph))
     x = torch.rand(batch_size, 1, 28, 28, device=dev) * 2 - 1
 
@@ -109,8 +132,8 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
             marks[name] = marks.get(name, 0.0) + e.cpu_time_total
     phases = {k: v / (sum(marks.values()) or 1.0) for k, v in marks.items()}
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    out = {"device": device, "cuda_graph": cuda_graph, "channels": tuple(channels), "batch_size": batch_size,
-           "steps": steps,
+    out = {"device": device, "cuda_graph": cuda_graph, "channels_last": _nhwc(model), "bf16": bf16,
+           "channels": tuple(channels), "batch_size": batch_size, "steps": steps,
            "params": param_count(model.net), "step_ms": 1e3 * step_s, "img_per_s": batch_size / step_s,
            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9, "matmul_gflops": peak / 1e9,
            "of_peak": flops / step_s / peak, "adam_step_ms": {k: 1e3 * v for k, v in adam.items()},
@@ -127,4 +150,20 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
                      key=lambda e: e.self_device_time_total, reverse=True)[:top]
         out["top_kernels"] = [{"kernel": e.key, "calls_per_step": e.count / steps,
                                "ms_per_step": e.self_device_time_total / 1e3 / steps} for e in gpu]
+        out["kernel_shares"] = _kernel_shares([(k.name, k.time_range.elapsed_us()) for k in kernels])
     return out
+
+
+def _nhwc(model: torch.nn.Module) -> bool:
+    """Whether the network's 4-d weights (its convolutions) are channels_last."""
+    return any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in model.parameters())
+
+
+def _kernel_shares(kernels: list[tuple[str, float]]) -> dict[str, float]:
+    """Each KERNEL_CATEGORIES entry's share of the summed GPU time of `kernels` ((name, microseconds))."""
+    shares = {cat: 0.0 for cat, _ in KERNEL_CATEGORIES}
+    total = sum(us for _, us in kernels) or 1.0
+    for name, us in kernels:
+        shares[_category(name, KERNEL_CATEGORIES)] += us / total
+    return shares

@@ -18,9 +18,14 @@ from zoo.common.trainer import optimiser_kernels
 # host's per-kernel launch cost is what bounds the paper U-Nets on one H100); the same as compile on a CPU.
 # cuda-graph: the whole eager step (forward, backward, capturable fused Adam) captured once with
 # torch.cuda.graph and replayed, channels_last as the Trainer's CUDA default: no compile time, one launch
-# per step; CUDA only.
-UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs", "cuda-graph")
-CUDA_ONLY = ("cuda-graph",)
+# per step; CUDA only. Once the host is out, the step is the GPU's kernel time (H200, 2026-11-28), and two
+# levers are left to measure: cuda-graph-nchw drops channels_last (on CUDA, GroupNorm takes its input
+# NCHW, `input.contiguous()` in ATen's group_norm, so an NHWC net pays a layout copy at each norm and
+# the next convolution copies back, forward and backward); cuda-graph-bf16 adds bf16 autocast (its weight
+# casts replayed from the graph, autocast's cache off as in the Trainer).
+UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs", "cuda-graph",
+                 "cuda-graph-nchw", "cuda-graph-bf16")
+CUDA_ONLY = ("cuda-graph", "cuda-graph-nchw", "cuda-graph-bf16")
 COMPILE_MODES = {"compile": "default", "compile-bf16": "default", "compile-graphs": "reduce-overhead"}
 
 
@@ -51,7 +56,7 @@ def check_variants(variants, device: str) -> None:
     if unknown:
         raise UsageError(f"unknown variants {unknown}; choose from {', '.join(UNET_VARIANTS)}")
     cuda_only = [v for v in variants if v in CUDA_ONLY]
-    if cuda_only and torch.device(device).type != "cuda":
+    if cuda_only and not trainer.GRAPHS.supports(torch.device(device)):  # the tests' emulation: the CPU
         raise UsageError(f"variant {cuda_only[0]} needs --device cuda")
 
 
@@ -86,7 +91,7 @@ def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: i
     x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
 
     def fwd_bwd_adam() -> None:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not cuda_graph):
             loss = step_fn((x,))["loss"]
         loss.backward()
         opt.step()
@@ -133,8 +138,9 @@ def unet_training(channels=(32, 64, 128), batch_size: int = 128, steps: int = 30
         torch.manual_seed(0)
         model = zoo_unet(channels, dev)
         res = _step_rate(model, dev, batch_size, steps, repeats, bf16=name.endswith("bf16"),
-                         compile_mode=COMPILE_MODES.get(name), channels_last=name in ("channels-last", "cuda-graph"),
-                         cuda_graph=name == "cuda-graph")
+                         compile_mode=COMPILE_MODES.get(name),
+                         channels_last=name in ("channels-last", "cuda-graph", "cuda-graph-bf16"),
+                         cuda_graph=name in CUDA_ONLY)
         add({"net": "zoo UNet", "variant": name, "params": param_count(model.net), **res})
     if peer:
         try:

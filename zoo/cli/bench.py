@@ -14,8 +14,9 @@ from zoo.cli.common import check_device
 
 # zoo.bench.UNET_VARIANTS and CUDA_ONLY, spelled out so that `zoo --help` does not import torch
 # (tests/test_bench.py).
-UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs", "cuda-graph")
-CUDA_ONLY = ("cuda-graph",)
+UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs", "cuda-graph",
+                 "cuda-graph-nchw", "cuda-graph-bf16")
+CUDA_ONLY = ("cuda-graph", "cuda-graph-nchw", "cuda-graph-bf16")
 
 
 @click.group("bench")
@@ -102,13 +103,13 @@ def _unet_step_options(steps: int, steps_help: str):
 @bench_cmd.command("unet")
 @_unet_step_options(30, "Steps per timed block.")
 @click.option("--variants", default=None,
-              help=f"Comma-separated speed options to measure, of {','.join(UNET_VARIANTS)} "
-                   f"(default: all; {','.join(CUDA_ONLY)} on CUDA only).")
+              help=f"Comma-separated speed options to measure, of {', '.join(UNET_VARIANTS)} "
+                   f"(default: all; {', '.join(CUDA_ONLY)} on CUDA only).")
 @click.option("--no-peer", is_flag=True, help="Skip diffusers' UNet2DModel (measured when diffusers is installed).")
 @click.option("--json", "json_path", default=None, help="Also write the rows to this JSON file.")
 def bench_unet(channels, batch_size, steps, device, repeats, variants, no_peer, json_path) -> None:
     """Training img/s of the Gaussian U-Net step under each speed option (eager, bf16, channels_last,
-    torch.compile) and of diffusers' UNet2DModel at the same widths, as ratios to eager fp32."""
+    torch.compile, the whole step as a CUDA graph) and of diffusers' UNet2DModel at the same widths, as ratios to eager fp32."""
     from zoo.bench import unet_training
     from zoo.bench.unet import check_variants
 
@@ -118,10 +119,10 @@ def bench_unet(channels, batch_size, steps, device, repeats, variants, no_peer, 
     else:
         names = tuple(v for v in variants.split(",") if v)
     check_variants(names, device)  # before the table's header
-    click.echo(f"{'net':22s} {'variant':14s} {'params':>9s} {'img/s':>9s} {'x eager':>8s} {'warm-up s':>9s} {'peak MiB':>9s}")
+    click.echo(f"{'net':22s} {'variant':16s} {'params':>9s} {'img/s':>9s} {'x eager':>8s} {'warm-up s':>9s} {'peak MiB':>9s}")
 
     def show(r: dict) -> None:
-        click.echo(f"{r['net']:22s} {r['variant']:14s} {r['params']:9d} {r['img_per_s']:9.0f} {r['vs_eager']:8.2f} "
+        click.echo(f"{r['net']:22s} {r['variant']:16s} {r['params']:9d} {r['img_per_s']:9.0f} {r['vs_eager']:8.2f} "
                    f"{r['warmup_s']:9.1f} {r['peak_mib']:9.0f}")
 
     rows = unet_training(_channels(channels), batch_size, steps, device, repeats, names, peer=not no_peer, on_row=show)
@@ -164,7 +165,11 @@ def bench_sampling(channels, T, ddim_steps, batch_size, device, repeats, compile
 @click.option("--cuda-graph", is_flag=True,
               help="Profile the whole step replayed as one CUDA graph (the cuda-graph variant of `zoo bench unet`; "
                    "CUDA only): where the GPU's time goes once the host is out of the loop.")
-def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json_path, cuda_graph) -> None:
+@click.option("--channels-last/--nchw", "channels_last", default=None,
+              help="NHWC or NCHW weights (default: NHWC with --cuda-graph, as the Trainer on CUDA; NCHW otherwise).")
+@click.option("--bf16", is_flag=True, help="The forward under bf16 autocast (cuda-graph-bf16 with --cuda-graph).")
+def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json_path, cuda_graph, channels_last,
+                  bf16) -> None:
     """Where a training step's time goes: achieved FLOP/s against the machine's matmul rate, host time
     per operator category, the top operators and, on CUDA, kernels per step, GPU busy fraction and the
     kernels that take the most GPU time."""
@@ -176,9 +181,12 @@ def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json
         raise UsageError("--cuda-graph needs --device cuda")
     if trace_path:
         Path(trace_path).parent.mkdir(parents=True, exist_ok=True)
-    r = profile_step(_channels(channels), batch_size, steps, device, repeats, trace_path, cuda_graph=cuda_graph)
+    r = profile_step(_channels(channels), batch_size, steps, device, repeats, trace_path, cuda_graph=cuda_graph,
+                     channels_last=channels_last, bf16=bf16)
+    options = [o for o, on in (("NHWC", r["channels_last"]), ("bf16 autocast", bf16),
+                               ("whole step as one CUDA graph", cuda_graph)) if on]
     click.echo(f"U-Net {r['channels']} ({r['params']} params), batch {batch_size}, {device}"
-               f"{', whole step as one CUDA graph' if cuda_graph else ''}: {r['step_ms']:.1f} ms "
+               f"{''.join(', ' + o for o in options)}: {r['step_ms']:.1f} ms "
                f"per step, {r['img_per_s']:.0f} img/s")
     click.echo(f"compute   : {r['gflop_per_step']:.2f} GFLOP per step (forward + backward) -> "
                f"{r['achieved_gflops']:.1f} GFLOP/s = {r['of_peak']:.1%} of this machine's fp32 matmul "
@@ -198,6 +206,9 @@ def bench_profile(channels, batch_size, steps, device, repeats, trace_path, json
     click.echo(f"{'top operators (self time)':44s} {'calls/step':>10s} {'ms/step':>8s}")
     for o in r["top_ops"]:
         click.echo(f"{o['op'][:44]:44s} {o['calls_per_step']:10.1f} {o['self_ms_per_step']:8.2f}")
+    if r.get("kernel_shares"):
+        click.echo("GPU time  : " + ", ".join(f"{k} {v:.0%}" for k, v in r["kernel_shares"].items())
+                   + " (by kernel name)")
     if r.get("top_kernels"):
         click.echo(f"{'top GPU kernels (device time)':64s} {'calls/step':>10s} {'ms/step':>8s}")
         for k in r["top_kernels"]:
