@@ -31,6 +31,20 @@ def test_cli_lists_every_variant():
     assert cli_bench.UNET_VARIANTS == bench.UNET_VARIANTS and cli_bench.CUDA_ONLY == bench.CUDA_ONLY
 
 
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_bench_trainer_compares_like_with_like(device):
+    """`zoo bench trainer`: the ratio is the Trainer's rate over the bare loop's; on CUDA the bare loop runs
+    the Trainer's layout (channels_last) on resident data, and the NCHW loop beside it says what that
+    layout gains or costs."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    from zoo.bench import trainer_overhead
+
+    r = trainer_overhead(steps=5, batch_size=4, device=device, repeats=1)
+    assert r["ratio"] == pytest.approx(r["trainer_steps_per_s"] / r["bare_steps_per_s"]) and r["ratio"] > 0
+    assert ("nhwc_vs_nchw" in r) == (device == "cuda") == ("graph_ratio" in r)
+
+
 def test_bench_unet_unknown_variant(capsys):
     from zoo.cli import main
 

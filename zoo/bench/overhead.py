@@ -29,12 +29,22 @@ class _Denoise(nn.Module):
         return {"loss": ((self.net(x_t, t) - eps) ** 2).mean()}
 
 
-def _bare(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: torch.device) -> float:
+def _bare(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, device: torch.device,
+          channels_last: bool | None = None) -> float:
+    """The same computation as the Trainer's step with nothing around it: the Trainer's optimiser, its
+    memory format (channels_last on CUDA, train.channels_last's default) and its resident data (on CUDA
+    the data is moved once, before the clock, as the Trainer's constructor does). Until 2026-11-28 the
+    bare loop ran NCHW and copied each batch from the host, a copy that waits for the device every step:
+    the H200's eager 0.927 compared the Trainer's NHWC step against an NCHW one. `channels_last` False:
+    NCHW on CUDA too, what the Trainer's layout choice costs or gains."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, **optimiser_kernels(device))  # the Trainer's optimiser
-    perm = torch.randperm(len(data))
+    if device.type == "cuda" if channels_last is None else channels_last:
+        model.to(memory_format=torch.channels_last)
+    data = data.to(device)
+    perm = torch.randperm(len(data)).to(device)
     t0 = time.perf_counter()
     for i in range(steps):
-        batch = (data[perm[i * batch_size:(i + 1) * batch_size]].to(device),)
+        batch = (data[perm[i * batch_size:(i + 1) * batch_size]],)
         loss = model.loss(batch)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -57,28 +67,33 @@ def _trainer(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, 
 
 
 def trainer_overhead(steps: int = 60, batch_size: int = 64, device: str = "cpu", repeats: int = 3) -> dict:
-    """Best-of-`repeats` steps/s of the Trainer and of a bare loop, interleaved, and their ratio; on CUDA
-    also the Trainer with train.cuda_graph (its steps/s include the three eager warm-up steps and the
-    capture) against the same bare loop."""
+    """Best-of-`repeats` steps/s of the Trainer and of a bare loop of the same step, interleaved, and their
+    ratio; on CUDA also the Trainer with train.cuda_graph (its steps/s include the three eager warm-up
+    steps and the capture) against the same bare loop, and the bare loop NCHW (`nhwc_vs_nchw`: what
+    the Trainer's channels_last default gains on this net, above 1, or costs)."""
     torch.manual_seed(0)
     dev = torch.device(device)
     data = torch.rand(steps * batch_size, 1, 28, 28) * 2 - 1
-    bare, trained, graphed = [], [], []
+    bare, trained, graphed, nchw = [], [], [], []
     for r in range(repeats + 1):  # the first round warms up caches and is discarded
         torch.manual_seed(r)
         b = _bare(_Denoise().to(dev), data, steps, batch_size, dev)
+        torch.manual_seed(r)
+        n = _bare(_Denoise().to(dev), data, steps, batch_size, dev, channels_last=False) if dev.type == "cuda" else b
         torch.manual_seed(r)
         t = _trainer(_Denoise(), data, steps, batch_size, device)
         torch.manual_seed(r)
         g = _trainer(_Denoise(), data, steps, batch_size, device, cuda_graph=True) if dev.type == "cuda" else None
         if r > 0:
+            nchw.append(n)
             bare.append(b)
             trained.append(t)
             graphed.append(g)
     res = {"bare_steps_per_s": max(bare), "trainer_steps_per_s": max(trained),
            "ratio": max(trained) / max(bare), "steps": steps, "batch_size": batch_size, "device": device}
     if dev.type == "cuda":
-        res.update(graph_steps_per_s=max(graphed), graph_ratio=max(graphed) / max(bare))
+        res.update(graph_steps_per_s=max(graphed), graph_ratio=max(graphed) / max(bare),
+                   bare_nchw_steps_per_s=max(nchw), nhwc_vs_nchw=max(bare) / max(nchw))
     return res
 
 

@@ -35,12 +35,16 @@ def bench_trainer(steps: int, batch_size: int, device: str, repeats: int) -> Non
 
     check_device(device)
     res = trainer_overhead(steps=steps, batch_size=batch_size, device=device, repeats=repeats)
-    click.echo(f"bare loop : {res['bare_steps_per_s']:.2f} steps/s")
+    layout = " (channels_last, as the Trainer on CUDA; data resident)" if device == "cuda" else ""
+    click.echo(f"bare loop : {res['bare_steps_per_s']:.2f} steps/s{layout}")
     click.echo(f"Trainer   : {res['trainer_steps_per_s']:.2f} steps/s")
     click.echo(f"ratio     : {res['ratio']:.3f} (Trainer / bare, best of {repeats}; target >= 0.98)")
     if "graph_ratio" in res:
         click.echo(f"Trainer, train.cuda_graph : {res['graph_steps_per_s']:.2f} steps/s, "
                    f"{res['graph_ratio']:.3f} x the bare loop (warm-up and capture included)")
+    if "nhwc_vs_nchw" in res:
+        click.echo(f"bare loop, NCHW : {res['bare_nchw_steps_per_s']:.2f} steps/s; channels_last is "
+                   f"{res['nhwc_vs_nchw']:.3f} x NCHW on this net")
 
 
 @bench_cmd.command("sampler")
