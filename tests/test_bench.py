@@ -63,7 +63,7 @@ def test_cuda_only_variants_on_the_cpu(capsys):
     err = capsys.readouterr()
     assert e.value.code == 2 and "cuda-graph needs --device cuda" in err.err and err.out == ""
     help_text = " ".join(run_zoo(capsys, "bench", "unet", "--help").split()).replace("- ", "-")  # click's wraps
-    assert "cuda-graph, cuda-graph-nchw, cuda-graph-bf16 on CUDA only" in help_text
+    assert "cuda-graph, cuda-graph-nchw, cuda-graph-bf16, cuda-graph-compile on CUDA only" in help_text
     if not torch.cuda.is_available():
         from zoo.bench import graphed
         from zoo.common.config import UsageError
@@ -106,8 +106,8 @@ def test_graphed_step_trains_as_the_eager_step(graphs):
 
 
 def test_every_graph_variant_of_the_bench_runs(graphs, tmp_path):
-    """The three whole-step graph variants (NHWC, NCHW, NHWC + bf16 autocast) each capture and replay the
-    paper step and report a rate; under the CPU emulation a host sync or an op the capture cannot hold
+    """The whole-step graph variants (NHWC, NCHW, NHWC + bf16 autocast) each capture and replay the paper
+    step and report a rate; under the CPU emulation a host sync or an op the capture cannot hold
     (autocast's weight cache, say) would fail here before a GPU window does."""
     from zoo.bench import unet_training
 
@@ -115,6 +115,50 @@ def test_every_graph_variant_of_the_bench_runs(graphs, tmp_path):
     rows = unet_training((8, 16), batch_size=2, steps=2, device=graphs.type, repeats=1, variants=names, peer=False)
     assert [r["variant"] for r in rows] == list(names)
     assert all(r["img_per_s"] > 0 and r["warmup_s"] > 0 for r in rows)
+
+
+def test_graph_compile_variant_trains_on_cuda():
+    """cuda-graph-compile: a compiled network inside the captured step (3 eager warm-up steps, then 5
+    replays) gives the weights of 8 steps of the same compiled network run eagerly, on a fixed noisy
+    batch; a replay that reused stale activations or gradients would not. CUDA only: the CPU emulation
+    records aten ops, and Inductor's fused kernels are not aten ops. Its name keeps it out of
+    gpu_session.sh's quick gate (`-k "... and not compile"`), which has no time for a compile; the
+    session's later `pytest -k cuda` runs it."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    from zoo.bench import graphed, unet_training
+    from zoo.common.nets import UNet, UNetConfig
+
+    device = torch.device("cuda")
+    gen = torch.Generator().manual_seed(0)
+    x_t, eps = (torch.randn(8, 1, 28, 28, generator=gen).to(device) for _ in range(2))
+    t = torch.rand(8, generator=gen).to(device)
+    weights = []
+    for use_graph in (False, True):
+        torch.manual_seed(0)
+        net = UNet(UNetConfig(channels=(8, 16), embed_dim=16)).to(device).to(memory_format=torch.channels_last)
+        with torch.no_grad():  # the last conv starts at zero: a constant network would hide stale inputs
+            net.out[-1].weight.normal_(0, 0.1)
+        compiled = torch.compile(net)
+        opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=True, capturable=True)
+
+        def step():
+            ((compiled(x_t, t) - eps) ** 2).mean().backward()
+            opt.step()
+
+        if use_graph:
+            replay = graphed(step, opt, device, warmup=3)
+            for _ in range(5):
+                replay()
+        else:
+            for _ in range(8):
+                opt.zero_grad(set_to_none=True)
+                step()
+        weights.append(torch.cat([p.detach().flatten() for p in net.parameters()]).cpu())
+    assert (weights[0] - weights[1]).abs().max() < 1e-5
+    rows = unet_training((8, 16), batch_size=8, steps=2, device="cuda", repeats=1, variants=("cuda-graph-compile",),
+                         peer=False)
+    assert rows[0]["variant"] == "cuda-graph-compile" and rows[0]["img_per_s"] > 0
 
 
 def test_graphed_net_samples_as_the_eager_net(graphs):

@@ -22,10 +22,12 @@ from zoo.common.trainer import optimiser_kernels
 # levers are left to measure: cuda-graph-nchw drops channels_last (on CUDA, GroupNorm takes its input
 # NCHW, `input.contiguous()` in ATen's group_norm, so an NHWC net pays a layout copy at each norm and
 # the next convolution copies back, forward and backward); cuda-graph-bf16 adds bf16 autocast (its weight
-# casts replayed from the graph, autocast's cache off as in the Trainer).
+# casts replayed from the graph, autocast's cache off as in the Trainer); cuda-graph-compile compiles the
+# network (torch.compile, default mode: Inductor fuses each GroupNorm, SiLU and add into fewer kernels)
+# and captures the whole step around it, the random draws and the fused Adam eager inside the graph.
 UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs", "cuda-graph",
-                 "cuda-graph-nchw", "cuda-graph-bf16")
-CUDA_ONLY = ("cuda-graph", "cuda-graph-nchw", "cuda-graph-bf16")
+                 "cuda-graph-nchw", "cuda-graph-bf16", "cuda-graph-compile")
+CUDA_ONLY = ("cuda-graph", "cuda-graph-nchw", "cuda-graph-bf16", "cuda-graph-compile")
 COMPILE_MODES = {"compile": "default", "compile-bf16": "default", "compile-graphs": "reduce-overhead"}
 
 
@@ -78,7 +80,7 @@ def graphed(step, optimizer: torch.optim.Optimizer, device: torch.device, warmup
 
 def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: int, repeats: int,
                bf16: bool = False, compile_mode: str | None = None, channels_last: bool = False,
-               cuda_graph: bool = False) -> dict:
+               cuda_graph: bool = False, compile_net: bool = False) -> dict:
     """Training images/s of one fwd/bwd/Adam step of `model.loss` (best of `repeats` timed blocks of
     `steps` steps, after a warm-up that includes any compilation or graph capture), and the peak memory
     on CUDA."""
@@ -86,6 +88,8 @@ def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: i
 
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if compile_net:  # the network alone; compiled at the first warm-up step
+        model.net = torch.compile(model.net)
     step_fn = torch.compile(_LossModule(model), mode=compile_mode) if compile_mode else _LossModule(model)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=cuda_graph, **optimiser_kernels(device, cuda_graph))
     x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
@@ -139,8 +143,8 @@ def unet_training(channels=(32, 64, 128), batch_size: int = 128, steps: int = 30
         model = zoo_unet(channels, dev)
         res = _step_rate(model, dev, batch_size, steps, repeats, bf16=name.endswith("bf16"),
                          compile_mode=COMPILE_MODES.get(name),
-                         channels_last=name in ("channels-last", "cuda-graph", "cuda-graph-bf16"),
-                         cuda_graph=name in CUDA_ONLY)
+                         channels_last=name in ("channels-last", "cuda-graph", "cuda-graph-bf16", "cuda-graph-compile"),
+                         cuda_graph=name in CUDA_ONLY, compile_net=name == "cuda-graph-compile")
         add({"net": "zoo UNet", "variant": name, "params": param_count(model.net), **res})
     if peer:
         try:

@@ -15,8 +15,8 @@ from zoo.cli.common import check_device
 # zoo.bench.UNET_VARIANTS and CUDA_ONLY, spelled out so that `zoo --help` does not import torch
 # (tests/test_bench.py).
 UNET_VARIANTS = ("eager", "eager-bf16", "channels-last", "compile", "compile-bf16", "compile-graphs", "cuda-graph",
-                 "cuda-graph-nchw", "cuda-graph-bf16")
-CUDA_ONLY = ("cuda-graph", "cuda-graph-nchw", "cuda-graph-bf16")
+                 "cuda-graph-nchw", "cuda-graph-bf16", "cuda-graph-compile")
+CUDA_ONLY = ("cuda-graph", "cuda-graph-nchw", "cuda-graph-bf16", "cuda-graph-compile")
 
 
 @click.group("bench")
@@ -123,10 +123,10 @@ def bench_unet(channels, batch_size, steps, device, repeats, variants, no_peer, 
     else:
         names = tuple(v for v in variants.split(",") if v)
     check_variants(names, device)  # before the table's header
-    click.echo(f"{'net':22s} {'variant':16s} {'params':>9s} {'img/s':>9s} {'x eager':>8s} {'warm-up s':>9s} {'peak MiB':>9s}")
+    click.echo(f"{'net':22s} {'variant':18s} {'params':>9s} {'img/s':>9s} {'x eager':>8s} {'warm-up s':>9s} {'peak MiB':>9s}")
 
     def show(r: dict) -> None:
-        click.echo(f"{r['net']:22s} {r['variant']:16s} {r['params']:9d} {r['img_per_s']:9.0f} {r['vs_eager']:8.2f} "
+        click.echo(f"{r['net']:22s} {r['variant']:18s} {r['params']:9d} {r['img_per_s']:9.0f} {r['vs_eager']:8.2f} "
                    f"{r['warmup_s']:9.1f} {r['peak_mib']:9.0f}")
 
     rows = unet_training(_channels(channels), batch_size, steps, device, repeats, names, peer=not no_peer, on_row=show)
