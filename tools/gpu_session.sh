@@ -54,9 +54,9 @@ if [ -n "${DRY:-}" ]; then GRAPH=; else GRAPH=cuda-graph,cuda-graph-nchw,cuda-gr
 # cuda-graph-compile (the compiled network inside the whole-step graph; ~1 min of compile) last, for the
 # small net only, so that a cap cuts it alone: the rows before it are printed as they are measured.
 if [ -n "${DRY:-}" ]; then COMPILE_G=; else COMPILE_G=,cuda-graph-compile; fi
-if [ -n "${SHORT:-}" ]; then SMALL_V=eager,${GRAPH%,}$COMPILE_G; BIG_V=eager,${GRAPH%,}; CM=none; CAPS="150 50 60 40"
+if [ -n "${SHORT:-}" ]; then SMALL_V=eager,${GRAPH%,}$COMPILE_G; BIG_V=eager,${GRAPH%,}; CM=none; CAPS="150 50 60 60"
 else SMALL_V=eager,channels-last,${GRAPH}compile-graphs$COMPILE_G; BIG_V=eager,eager-bf16,${GRAPH%,}; CM=reduce-overhead
-  CAPS="220 60 95 45"; fi
+  CAPS="220 60 95 60"; fi
 read -r CAP_S CAP_B CAP_SAMPLE CAP_T <<< "$CAPS"
 # 60 Trainer steps were 0.9 s on the H200 (2026-11-28), short enough for a sync or two to weigh: 200.
 TSTEPS=200; if [ -n "${DRY:-}" ]; then TSTEPS=60; fi
