@@ -17,7 +17,7 @@ from zoo.gaussian.model import Config, GaussianDiffusion
 
 def test_bench_unet_rows(capsys, tmp_path):
     out = run_zoo(capsys, "bench", "unet", "--channels", "8,16", "--batch-size", "4", "--steps", "2", "--repeats",
-                  "1", "--variants", "eager,channels-last", "--no-peer", "--json", str(tmp_path / "u.json"))
+                  "1", "--variants", "eager, channels-last", "--no-peer", "--json", str(tmp_path / "u.json"))
     rows = json.loads((tmp_path / "u.json").read_text())
     assert [r["variant"] for r in rows] == ["eager", "channels-last"]
     assert rows[0]["params"] == rows[1]["params"] > 0 and all(r["img_per_s"] > 0 for r in rows)

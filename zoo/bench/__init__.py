@@ -11,7 +11,6 @@ from zoo.bench.step_profile import KERNEL_CATEGORIES, PROFILE_CATEGORIES, _categ
 from zoo.bench.threads import thread_policies
 from zoo.bench.unet import COMPILE_MODES, CUDA_ONLY, UNET_VARIANTS, graphed, sampler_variants, unet_training
 
-__all__ = ["COMPILE_MODES", "CUDA_ONLY", "KERNEL_CATEGORIES", "PROFILE_CATEGORIES", "UNET_VARIANTS", "_category", "_kernel_shares",
-           "allocator_policies",
-           "graphed", "profile_step", "sampler_overhead", "sampler_step_ops", "sampler_variants", "thread_policies",
-           "trainer_overhead", "unet_training"]
+__all__ = ["COMPILE_MODES", "CUDA_ONLY", "KERNEL_CATEGORIES", "PROFILE_CATEGORIES", "UNET_VARIANTS", "_category",
+           "_kernel_shares", "allocator_policies", "graphed", "profile_step", "sampler_overhead", "sampler_step_ops",
+           "sampler_variants", "thread_policies", "trainer_overhead", "unet_training"]

@@ -18,7 +18,7 @@ from zoo.common.trainer import optimiser_kernels
 # host's per-kernel launch cost is what bounds the paper U-Nets on one H100); the same as compile on a CPU.
 # cuda-graph: the whole eager step (forward, backward, capturable fused Adam) captured once with
 # torch.cuda.graph and replayed, channels_last as the Trainer's CUDA default: no compile time, one launch
-# per step; CUDA only. Once the host is out, the step is the GPU's kernel time (H200, 2026-11-28), and two
+# per step; CUDA only. Once the host is out, the step is the GPU's kernel time (H200, 2026-11-28), and three
 # levers are left to measure: cuda-graph-nchw drops channels_last (on CUDA, GroupNorm takes its input
 # NCHW, `input.contiguous()` in ATen's group_norm, so an NHWC net pays a layout copy at each norm and
 # the next convolution copies back, forward and backward); cuda-graph-bf16 adds bf16 autocast (its weight

@@ -121,7 +121,7 @@ def bench_unet(channels, batch_size, steps, device, repeats, variants, no_peer, 
     if variants is None:
         names = tuple(v for v in UNET_VARIANTS if device == "cuda" or v not in CUDA_ONLY)
     else:
-        names = tuple(v for v in variants.split(",") if v)
+        names = tuple(v.strip() for v in variants.split(",") if v.strip())  # "a, b" as the help lists them
     check_variants(names, device)  # before the table's header
     click.echo(f"{'net':22s} {'variant':18s} {'params':>9s} {'img/s':>9s} {'x eager':>8s} {'warm-up s':>9s} {'peak MiB':>9s}")
 
