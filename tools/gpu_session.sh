@@ -43,13 +43,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>
 # 1. Benchmarks, alone on the card (each capped; a cap hit leaves a partial log, never a hang).
 bench() { local name=$1 cap=$2; shift 2; say "bench $name (cap ${cap} s)"
   timeout "$cap" $ZOO bench "$@" > "$R/bench/$name.txt" 2>&1; say "bench $name rc=$?"; tail -n 12 "$R/bench/$name.txt" >> "$LOG"; }
-# Rows print as they are measured: the whole-step CUDA graph (seconds to capture) before the compile
-# (plain torch.compile was 1.07x on 2026-11-26; left out for time).
-# SHORT=1, for a window of under ~8 minutes: no compile (its ~55 s each; measured on 2026-11-26) and no
-# bf16, shorter caps, so that the presets keep ~3 minutes.
-# The graph variants: NHWC (the Trainer's CUDA default), NCHW (CUDA's GroupNorm takes NCHW, so NHWC pays
-# layout copies around every norm) and bf16 autocast: the levers left once the graphed step is GPU-bound.
-# SHORT=1 also skips the sampling bench and the eager profile (both measured on 2026-11-28).
+# Rows print as they are measured. The graph variants: NHWC (the Trainer's CUDA default), NCHW (CUDA's
+# GroupNorm takes NCHW, so NHWC pays layout copies around every norm) and bf16 autocast, the levers left
+# once the graphed step is GPU-bound (H200, 2026-11-28).
+# SHORT=1, for a window of about 9 minutes: no eager compile variants (plain torch.compile was 1.07x on
+# 2026-11-26, its compile ~55 s each) and no eager bf16, shorter caps, and no sampling bench or eager
+# profile (both measured on 2026-11-28), so that the presets keep about four and a half minutes.
 if [ -n "${DRY:-}" ]; then GRAPH=; else GRAPH=cuda-graph,cuda-graph-nchw,cuda-graph-bf16,; fi
 # cuda-graph-compile (the compiled network inside the whole-step graph; ~1 min of compile) last, for the
 # small net only, so that a cap cuts it alone: the rows before it are printed as they are measured.
