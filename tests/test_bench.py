@@ -116,10 +116,10 @@ def _eager_against_graphed(build, device: torch.device, lr: float) -> float:
     return float((weights[0] - weights[1]).abs().max())
 
 
-def test_every_graph_variant_of_the_bench_runs(graphs, tmp_path):
+def test_every_graph_variant_of_the_bench_runs(graphs):
     """The whole-step graph variants (NHWC, NCHW, NHWC + bf16 autocast) each capture and replay the paper
-    step and report a rate; under the CPU emulation a host sync or an op the capture cannot hold
-    (autocast's weight cache, say) would fail here before a GPU window does."""
+    step and report a rate; under the CPU emulation a host sync inside the capture (in the autocast
+    path, say) would fail here before a GPU window does."""
     from zoo.bench import unet_training
 
     names = ("cuda-graph", "cuda-graph-nchw", "cuda-graph-bf16")

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from zoo.bench.timing import best_time
 from zoo.common.nets import UNet, UNetConfig
-from zoo.common.trainer import TrainConfig, Trainer, optimiser_kernels
+from zoo.common.trainer import TrainConfig, Trainer, channels_last_for, optimiser_kernels
 from zoo.common.utils import append_dims
 
 
@@ -38,7 +38,7 @@ def _bare(model: nn.Module, data: torch.Tensor, steps: int, batch_size: int, dev
     the H200's eager 0.927 compared the Trainer's NHWC step against an NCHW one. `channels_last` False:
     NCHW on CUDA too, what the Trainer's layout choice costs or gains."""
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, **optimiser_kernels(device))  # the Trainer's optimiser
-    if device.type == "cuda" if channels_last is None else channels_last:
+    if channels_last_for(channels_last, device):
         model.to(memory_format=torch.channels_last)
     data = data.to(device)
     perm = torch.randperm(len(data)).to(device)

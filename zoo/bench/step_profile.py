@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from zoo.bench.timing import best_time, param_count, sync, zoo_unet
-from zoo.common.trainer import optimiser_kernels
+from zoo.common.trainer import bf16_autocast, optimiser_kernels
 
 # Operator categories of a profile, matched in order on the aten name (self time, so nothing counts twice).
 PROFILE_CATEGORIES = (("convolution", ("conv",)), ("matmul", ("addmm", "aten::mm", "bmm", "matmul", "linear")),
@@ -69,12 +69,13 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
     dev = torch.device(device)
     torch.manual_seed(0)
     model = zoo_unet(channels, dev)
-    if cuda_graph if channels_last is None else channels_last:
-        model.to(memory_format=torch.channels_last)  # as the cuda-graph variant and the Trainer on CUDA
+    nhwc = cuda_graph if channels_last is None else channels_last  # the cuda-graph variant's, the Trainer's on CUDA
+    if nhwc:
+        model.to(memory_format=torch.channels_last)
     loss_module = _LossModule(model)
 
     def step_fn(batch):
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not cuda_graph):
+        with bf16_autocast(dev, bf16, cuda_graph):
             return loss_module(batch)
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=cuda_graph, **optimiser_kernels(dev, cuda_graph))
@@ -132,7 +133,7 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
             marks[name] = marks.get(name, 0.0) + e.cpu_time_total
     phases = {k: v / (sum(marks.values()) or 1.0) for k, v in marks.items()}
     ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
-    out = {"device": device, "cuda_graph": cuda_graph, "channels_last": _nhwc(model), "bf16": bf16,
+    out = {"device": device, "cuda_graph": cuda_graph, "channels_last": nhwc, "bf16": bf16,
            "channels": tuple(channels), "batch_size": batch_size, "steps": steps,
            "params": param_count(model.net), "step_ms": 1e3 * step_s, "img_per_s": batch_size / step_s,
            "gflop_per_step": flops / 1e9, "achieved_gflops": flops / step_s / 1e9, "matmul_gflops": peak / 1e9,
@@ -152,12 +153,6 @@ def profile_step(channels=(32, 64, 128), batch_size: int = 128, steps: int = 10,
                                "ms_per_step": e.self_device_time_total / 1e3 / steps} for e in gpu]
         out["kernel_shares"] = _kernel_shares([(k.name, k.time_range.elapsed_us()) for k in kernels])
     return out
-
-
-def _nhwc(model: torch.nn.Module) -> bool:
-    """Whether the network's 4-d weights (its convolutions) are channels_last."""
-    return any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-               for p in model.parameters())
 
 
 def _kernel_shares(kernels: list[tuple[str, float]]) -> dict[str, float]:

@@ -12,7 +12,7 @@ from zoo.bench.timing import best_time, param_count, sync, zoo_unet
 from zoo.common import trainer
 from zoo.common.config import UsageError
 from zoo.common.graphed_net import graphed_network, warm_and_capture
-from zoo.common.trainer import optimiser_kernels
+from zoo.common.trainer import bf16_autocast, optimiser_kernels
 
 # compile-graphs: torch.compile(mode="reduce-overhead"), CUDA graphs for the forward and backward (the
 # host's per-kernel launch cost is what bounds the paper U-Nets on one H100); the same as compile on a CPU.
@@ -95,7 +95,7 @@ def _step_rate(model: nn.Module, device: torch.device, batch_size: int, steps: i
     x = torch.rand(batch_size, 1, 28, 28, device=device) * 2 - 1
 
     def fwd_bwd_adam() -> None:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=not cuda_graph):
+        with bf16_autocast(device, bf16, cuda_graph):
             loss = step_fn((x,))["loss"]
         loss.backward()
         opt.step()

@@ -106,6 +106,18 @@ def optimiser_kernels(device: torch.device, cuda_graph: bool = False) -> dict[st
     return {"fused": True} if device.type == "cuda" or cuda_graph else {"foreach": True}
 
 
+def channels_last_for(setting: bool | None, device: torch.device) -> bool:
+    """train.channels_last resolved on `device`: None means NHWC on CUDA, NCHW on the CPU."""
+    return device.type == "cuda" if setting is None else setting
+
+
+def bf16_autocast(device: torch.device, enabled: bool, cuda_graph: bool = False) -> torch.autocast:
+    """bf16 autocast on `device`. Under a CUDA graph (`cuda_graph`) the captured casts are replayed, so
+    autocast's weight-cast cache, which would hold stale copies, is off."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled,
+                          cache_enabled=not cuda_graph)
+
+
 # capturable (adam, adamw): the step count on the device, as a CUDA graph needs (train.cuda_graph).
 OPTIMIZERS: dict[str, Callable] = {
     "adam": lambda groups, c, kernels: torch.optim.Adam(groups, lr=c.lr, weight_decay=c.weight_decay,

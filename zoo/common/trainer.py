@@ -45,14 +45,16 @@ from zoo.common.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_KEYS, RESUME_KE
                                    RunLock, check_same_model, load_checkpoint, remove_stale_temps)
 from zoo.common.config import ConfigError
 from zoo.common.ema import EMA, SwapWeights
-from zoo.common.train_config import LR_SCHEDULES, OPTIMIZERS, TrainConfig, lr_factor, optimiser_kernels
+from zoo.common.train_config import (LR_SCHEDULES, OPTIMIZERS, TrainConfig, bf16_autocast, channels_last_for,
+                                     lr_factor, optimiser_kernels)
 from zoo.common.utils import atomic_write_bytes, resolve_device, rng_state, seed_everything, set_rng_state
 
 # Re-exported: zoo.common.trainer is where SPEC 8 puts the training interface, and code outside the
 # package imports these names from here.
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "EMA", "LR_SCHEDULES", "OPTIMIZERS", "RESUME_KEYS",
            "CheckpointError", "NonFiniteLoss", "RunDirBusy", "RunLock", "TrainConfig", "Trainer",
-           "check_same_model", "load_checkpoint", "lr_factor", "optimiser_kernels", "remove_stale_temps"]
+           "bf16_autocast", "channels_last_for", "check_same_model", "load_checkpoint", "lr_factor",
+           "optimiser_kernels", "remove_stale_temps"]
 
 
 class NonFiniteLoss(ZooError):
@@ -95,7 +97,7 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         seed_everything(cfg.seed + self.rank)
         self.model = model.to(self.device)
-        if cfg.channels_last or (cfg.channels_last is None and self.device.type == "cuda"):
+        if channels_last_for(cfg.channels_last, self.device):
             self.model.to(memory_format=torch.channels_last)
         self.train_data = _resident(tuple(train_data), self.device)
         self.val_data = tuple(val_data) if val_data is not None else None
@@ -168,10 +170,7 @@ class Trainer:
                             f"then resume (e.g. --resume --train lr={self.cfg.lr / 10:g})")
 
     def _autocast(self):
-        enabled = self.cfg.amp and self.device.type == "cuda"
-        # A CUDA graph replays the captured casts: autocast's weight-cast cache would hold stale copies.
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled,
-                              cache_enabled=not self.cfg.cuda_graph)
+        return bf16_autocast(self.device, self.cfg.amp and self.device.type == "cuda", self.cfg.cuda_graph)
 
     def fit(self) -> list[dict[str, Any]]:
         """Train until `total_steps`, resuming from `self.step`; returns the log records."""
